@@ -1,0 +1,1 @@
+"""tsol.bench: the benchmark suite and the tsol-bench command."""

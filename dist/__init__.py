@@ -1,0 +1,1 @@
+"""tsol.dist: Mesh, ShardSpec, sharded tensors and collectives (in progress)."""

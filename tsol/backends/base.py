@@ -1,0 +1,69 @@
+"""The backend contract: what TSOL needs to know about a device family, on one screen."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+
+class Backend:
+    """A device family: which arrays it owns, how to allocate and time, where its kernels live.
+
+    Subclasses set ``name`` and ``kernel_package`` and override the methods below. Nothing here
+    imports a GPU stack at ``import tsol`` time: ``available()`` imports lazily and never raises.
+    """
+
+    name: str = ""
+    kernel_package: str = ""
+    array_type_modules: tuple[str, ...] = ()
+    """Top-level module names whose array types this backend owns (``("numpy",)``)."""
+
+    def __init__(self) -> None:
+        self._kernels_loaded = False
+
+    # -- identity -------------------------------------------------------------------------
+    def available(self) -> bool:
+        """True when this backend can run here; never raises."""
+        return False
+
+    def why_unavailable(self) -> str:
+        """One line saying what is missing, for error messages."""
+        return f"backend '{self.name}' is not available on this machine"
+
+    def owns(self, x: Any) -> bool:
+        """True when ``x`` is an array of this backend (checked by type, without imports)."""
+        module = type(x).__module__.split(".", 1)[0]
+        return module in self.array_type_modules
+
+    def device_key(self) -> str:
+        """Stable string naming the device model and toolchain; keys compile and tuning caches."""
+        raise NotImplementedError
+
+    # -- arrays ----------------------------------------------------------------------------
+    def array_module(self) -> Any:
+        """The NumPy-like module of this backend's arrays."""
+        raise NotImplementedError
+
+    def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        return self.array_module().empty(shape, dtype=dtype)
+
+    def synchronize(self) -> None:
+        """Wait for queued work; a no-op on synchronous backends."""
+
+    def timer(self) -> Callable[[Callable[[], Any]], float]:
+        """Return ``time(fn) -> seconds`` that times one call of ``fn`` with this backend's clock."""
+        raise NotImplementedError
+
+    def ceilings(self) -> dict[str, float]:
+        """Measured device ceilings (``copy_GBps``, ``gemm_fp32_GFLOPs``...); may be empty."""
+        return {}
+
+    # -- kernels ---------------------------------------------------------------------------
+    def load_kernels(self) -> None:
+        """Import this backend's kernel package once, which registers its kernels."""
+        if not self._kernels_loaded:
+            self._kernels_loaded = True
+            importlib.import_module(self.kernel_package)
+
+    def __repr__(self) -> str:
+        return f"<tsol backend {self.name}>"

@@ -1,0 +1,1 @@
+"""CPU kernels for the normalization ops (being written)."""

@@ -1,0 +1,283 @@
+"""``defop``: define an op once, and the eager call path every op shares.
+
+An op module writes::
+
+    @defop(family="softmax", inputs=("x",), meta=softmax_meta, reference=softmax_ref,
+           vjp=softmax_vjp, cost=softmax_cost)
+    def softmax(x, axis=-1, *, out=None):
+        '''Contract docstring with a runnable example.'''
+
+The decorated body is never run: the signature and docstring become the public function, and a
+call binds the arguments, applies the meta rule, selects a registered kernel for the operands'
+backend and runs it (or the op's decomposition), writing a fresh or the given ``out`` array.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from tsol import backends, config, dtypes
+from tsol.errors import (ArgumentError, BackendError, DTypeError, ShapeError, TSOLError,
+                         TSOLNotImplementedError, op_error)
+from tsol.registry import OpDef, get_op, kernels, register_op
+
+SCALAR_TYPES = (bool, int, float)
+
+
+@dataclass(frozen=True)
+class Meta:
+    """Shape and dtype of an operand or result. ``weak`` marks a Python scalar (NEP 50)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    weak: bool = False
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    def __str__(self) -> str:
+        return f"{self.dtype}[{', '.join(str(s) for s in self.shape)}]"
+
+
+def meta_of(x: Any) -> Meta:
+    """Meta of an array, NumPy scalar or Python scalar (weak)."""
+    if isinstance(x, SCALAR_TYPES) and not isinstance(x, np.generic):
+        return Meta((), np.result_type(x), weak=True)
+    return Meta(tuple(int(s) for s in x.shape), np.dtype(x.dtype))
+
+
+def promote(op: str, *operands: Any) -> np.dtype:
+    """Result dtype of operands (arrays, Metas or Python scalars), NumPy rules; raises DTypeError."""
+    items = []
+    for o in operands:
+        items.append(o.dtype if isinstance(o, Meta) and not o.weak else o)
+    try:
+        return dtypes.result_type(*[(_weak_value(o) if isinstance(o, Meta) and o.weak else o)
+                                    for o in items])
+    except (TypeError, ValueError) as exc:
+        raise op_error(DTypeError, op, f"these dtypes have no common type ({exc})",
+                       "cast the operands to one dtype with tsol.astype", operands) from None
+
+
+def _weak_value(m: Meta) -> Any:
+    return {"b": True, "i": 1, "u": 1, "f": 1.0}[m.dtype.kind]
+
+
+# --------------------------------------------------------------------------------------------
+# defop
+
+
+def defop(*, family: str, inputs: Sequence[str], meta: Callable[..., Any],
+          reference: Callable[..., Any], vjp: Callable[..., Any] | str,
+          cost: Callable[..., tuple[float, float]] | None = None,
+          normalize: Callable[..., dict[str, Any]] | None = None,
+          decomposition: Callable[..., Any] | None = None,
+          name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register an op and return its public function.
+
+    - ``inputs``: names of the array parameters; the other parameters (except ``out``) are attrs.
+    - ``meta(*metas, **attrs) -> Meta`` raises a TSOLError for bad input (``metas[i].weak`` marks
+      Python scalars). ``normalize(metas, **attrs) -> attrs`` canonicalizes attributes first.
+    - ``reference(*arrays, **attrs)``: float64 NumPy truth for tests and benchmarks.
+    - ``vjp(g, *primals, out=y, **attrs) -> tuple`` of cotangents (None for non-array inputs),
+      written in TSOL ops; or ``NON_DIFFERENTIABLE``.
+    - ``cost(*metas, out=Meta, **attrs) -> (flops, bytes)``.
+    - ``decomposition(*operands, **attrs)``: the op in other TSOL ops, used where no kernel is.
+    """
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        sig = inspect.signature(fn)
+        for n in inputs:
+            if n not in sig.parameters:
+                raise TSOLError(f"defop {fn.__name__}: input {n!r} is not a parameter")
+        opdef = register_op(OpDef(
+            name=name or fn.__name__, family=family, signature=sig, inputs=tuple(inputs),
+            meta=meta, reference=reference, vjp=vjp, cost=cost, normalize=normalize,
+            decomposition=decomposition, doc=inspect.getdoc(fn) or ""))
+
+        @functools.wraps(fn)
+        def public(*args: Any, **kwargs: Any) -> Any:
+            return call(opdef, args, kwargs)
+
+        public.opdef = opdef  # type: ignore[attr-defined]
+        return public
+
+    return wrap
+
+
+# --------------------------------------------------------------------------------------------
+# the eager call path
+
+capture_hook: Callable[[OpDef, list[Any], dict[str, Any]], Any] | None = None
+"""Set by the schedule layer while a function is being captured; returns a recorded node."""
+
+
+def bind(opdef: OpDef, args: Sequence[Any], kwargs: dict[str, Any]
+         ) -> tuple[list[Any], dict[str, Any], Any]:
+    """Split a call into (operands, attrs, out), raising ArgumentError for a bad call."""
+    try:
+        bound = opdef.signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise ArgumentError(f"tsol.{opdef.name}: {exc}. Fix: call it as "
+                            f"tsol.{opdef.name}{opdef.signature}.") from None
+    bound.apply_defaults()
+    params = dict(bound.arguments)
+    out = params.pop("out", None)
+    operands = [params.pop(n) for n in opdef.inputs]
+    return operands, params, out
+
+
+def _check_operand(opdef: OpDef, x: Any, operands: Sequence[Any]) -> Any:
+    if isinstance(x, SCALAR_TYPES) or isinstance(x, np.generic):
+        return np.asarray(x) if isinstance(x, np.generic) else x
+    if backends.owner(x) is not None and hasattr(x, "shape") and hasattr(x, "dtype"):
+        return x
+    fix = "wrap it with np.asarray(...)" if isinstance(x, (list, tuple)) else \
+        "pass a NumPy array (or a CuPy/dpnp array for a GPU backend) or a Python scalar"
+    raise op_error(ArgumentError, opdef.name, f"operand of type {type(x).__name__} is not an array",
+                   fix, operands)
+
+
+def _backend_for(opdef: OpDef, operands: Sequence[Any], out: Any) -> backends.Backend:
+    arrays = [o for o in operands if not isinstance(o, SCALAR_TYPES)]
+    if out is not None:
+        arrays.append(out)
+    try:
+        b = backends.for_arrays(arrays)
+    except BackendError:
+        raise op_error(BackendError, opdef.name, "operands live on different backends "
+                       "(TSOL never copies between devices on its own)",
+                       "move every operand to one device first (np.asarray / cupy.asarray)",
+                       arrays) from None
+    b = b or backends.get(config.get().default_backend)
+    if not b.available():
+        raise op_error(BackendError, opdef.name, b.why_unavailable(), "install the backend's "
+                       "extra or run on the CPU with NumPy arrays", arrays)
+    return b
+
+
+def _to_array(x: Any, dt: np.dtype, b: backends.Backend, opdef: OpDef) -> Any:
+    try:
+        return b.array_module().asarray(x, dtype=dt)
+    except OverflowError:
+        raise op_error(DTypeError, opdef.name, f"Python integer {x} does not fit {dt}",
+                       f"cast the array to a wider dtype first, or pass a value in {dt}'s range",
+                       [x]) from None
+
+
+def _check_out(opdef: OpDef, out: Any, expect: Meta, b: backends.Backend,
+               operands: Sequence[Any]) -> None:
+    if not b.owns(out):
+        raise op_error(ArgumentError, opdef.name, f"out= is a {type(out).__name__}, not a "
+                       f"{b.name} array", f"pass an array of the operands' type", [out])
+    got = meta_of(out)
+    if got.shape != expect.shape or got.dtype != expect.dtype:
+        raise op_error(ShapeError if got.shape != expect.shape else DTypeError, opdef.name,
+                       f"out= is {got} but the result is {expect}",
+                       f"allocate out with shape {expect.shape} and dtype {expect.dtype}",
+                       list(operands))
+    flags = getattr(out, "flags", None)
+    if flags is not None and not flags.writeable:
+        raise op_error(ArgumentError, opdef.name, "out= is read-only", "pass a writeable array",
+                       [out])
+
+
+def _poison(a: Any) -> None:
+    kind = a.dtype.kind
+    if kind == "f" or a.dtype == dtypes.bfloat16:
+        a.fill(np.nan)
+    elif kind in "iu":
+        a.fill(np.iinfo(a.dtype).max)
+    elif kind == "b":
+        a.fill(True)
+
+
+def _needs_private_out(out: Any, arrays: Sequence[Any], alias_ok: bool) -> bool:
+    if not out.flags.c_contiguous:
+        return True
+    for a in arrays:
+        if a.size and np.may_share_memory(out, a):
+            same = (a.__array_interface__["data"][0] == out.__array_interface__["data"][0]
+                    and a.shape == out.shape and a.strides == out.strides and a.dtype == out.dtype)
+            if not (same and alias_ok):
+                return True
+    return False
+
+
+def call(opdef: OpDef, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+    """Run ``opdef`` eagerly (or record it while capturing); the body of every public op."""
+    operands, attrs, out = bind(opdef, args, kwargs)
+    if capture_hook is not None:
+        recorded = capture_hook(opdef, operands, dict(attrs, out=out))
+        if recorded is not NotImplemented:
+            return recorded
+    operands = [_check_operand(opdef, x, operands) for x in operands]
+    b = _backend_for(opdef, operands, out)
+    metas = [meta_of(x) for x in operands]
+    if opdef.normalize is not None:
+        attrs = opdef.normalize(metas, **attrs)
+    result_meta = opdef.meta(*metas, **attrs)
+    if out is not None:
+        _check_out(opdef, out, result_meta, b, operands)
+
+    strong = [m for m in metas if not m.weak]
+    arrays = [x if not m.weak else _to_array(x, dtypes.result_type(*[s.dtype for s in strong], x)
+                                             if strong else np.result_type(x), b, opdef)
+              for x, m in zip(operands, metas)]
+    chosen = select(opdef, b.name, [meta_of(a) for a in arrays], attrs)
+    if chosen is None:
+        if opdef.decomposition is None:
+            raise TSOLNotImplementedError(opdef.name, b.name, [m.dtype for m in metas])
+        value = opdef.decomposition(*arrays, **attrs)
+        if out is None:
+            return value
+        out[...] = value
+        return out
+
+    kern, cfg = chosen
+    target = out
+    if target is None or _needs_private_out(target, arrays, kern.alias_ok):
+        target = b.empty(result_meta.shape, result_meta.dtype)
+        if config.get().poison_outputs:
+            _poison(target)
+    kern.impl(*arrays, out=target, config=cfg, **attrs)
+    if out is not None and target is not out:
+        out[...] = target
+        return out
+    return target
+
+
+selector: Callable[[OpDef, str, list[Meta], dict[str, Any]], Any] | None = None
+"""Set by the schedule layer to choose (kernel, config) by tuning; None uses the heuristic."""
+
+
+def select(opdef: OpDef, backend: str, metas: list[Meta], attrs: dict[str, Any]) -> Any:
+    """(kernel, config) for this call, or None when no registered kernel is legal."""
+    if selector is not None:
+        chosen = selector(opdef, backend, metas, attrs)
+        if chosen is not None:
+            return chosen
+    for k in kernels(opdef.name, backend):
+        if k.vendor is None and k.legal(metas, attrs):
+            return k, k.default_config(metas, attrs)
+    return None
+
+
+def op_named(name: str) -> Callable[..., Any]:
+    """The public function of a registered op."""
+    opdef = get_op(name)
+    return lambda *a, **k: call(opdef, a, k)

@@ -1,0 +1,3 @@
+"""reduction ops (being written)."""
+
+__all__: list[str] = []
