@@ -15,15 +15,8 @@ import tsol
 from tsol import dtypes
 from tsol.registry import get_op
 
-# (rtol, atol) against a float64 reference computed from the same (already rounded) inputs.
-# Each is a few units of the dtype's rounding error; reductions pass ``scale`` (the size of the
-# terms summed) so that atol covers cancellation.
-TOLERANCES: dict[np.dtype, tuple[float, float]] = {
-    dtypes.float64: (1e-12, 1e-12),
-    dtypes.float32: (2e-6, 2e-6),
-    dtypes.float16: (2e-3, 2e-3),
-    dtypes.bfloat16: (1.6e-2, 1.6e-2),
-}
+from tsol.dtypes import TOLERANCES  # the one table of per-dtype tolerances
+
 FLOAT_DTYPES = [dtypes.float64, dtypes.float32, dtypes.float16, dtypes.bfloat16]
 INT_DTYPES = [dtypes.int8, dtypes.int32, dtypes.int64, dtypes.uint8]
 

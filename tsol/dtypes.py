@@ -30,6 +30,16 @@ ALL = NUMERIC | {bool_}
 HALF = frozenset({float16, bfloat16})
 """Storage-only floats: kernels load them, compute in float32 and store them back."""
 
+TOLERANCES: dict[np.dtype, tuple[float, float]] = {
+    float64: (1e-12, 1e-12),
+    float32: (2e-6, 2e-6),
+    float16: (2e-3, 2e-3),
+    bfloat16: (1.6e-2, 1.6e-2),
+}
+"""(rtol, atol) of a kernel result against the float64 reference computed from the same, already
+rounded inputs: a few units of the dtype's rounding error. Tests and benchmark checks use this
+one table; reductions scale ``atol`` by the size of the terms summed."""
+
 _ALIASES = {"bf16": bfloat16, "bfloat16": bfloat16, "fp16": float16, "half": float16,
             "fp32": float32, "float": float32, "fp64": float64, "double": float64}
 

@@ -71,10 +71,15 @@ class Kernel:
     vendor: str | None = None
     priority: int = 0
     alias_ok: bool = True
+    allocates: bool = False
+    """``impl(*operands, config=config, **attrs)`` returns its result (a view of an operand, as
+    NumPy gives for transpose or slicing) instead of writing ``out``."""
     source_file: str = ""
 
     def legal(self, metas: Sequence[Any], attrs: dict[str, Any]) -> bool:
-        if self.dtypes is not None and any(m.dtype not in self.dtypes for m in metas):
+        # An optional input left out (layernorm's gamma, matmul's bias) has no Meta: None.
+        if self.dtypes is not None and any(m is not None and m.dtype not in self.dtypes
+                                           for m in metas):
             return False
         return self.supports is None or bool(self.supports(metas, attrs))
 
@@ -123,7 +128,8 @@ def register_op(opdef: OpDef) -> OpDef:
 def kernel(op: str, *, backend: str, dtypes: Iterable[Any] | None = None,
            configs: Sequence[Config] = (DEFAULT_CONFIG,), supports: Callable | None = None,
            heuristic: Callable | None = None, vendor: str | None = None, priority: int = 0,
-           alias_ok: bool = True, name: str | None = None) -> Callable:
+           alias_ok: bool = True, allocates: bool = False,
+           name: str | None = None) -> Callable:
     """Decorator registering ``impl`` as a kernel of ``op`` on ``backend``; returns ``impl``."""
 
     def register(impl: Callable[..., None]) -> Callable[..., None]:
@@ -131,6 +137,7 @@ def kernel(op: str, *, backend: str, dtypes: Iterable[Any] | None = None,
                    dtypes=None if dtypes is None else frozenset(np.dtype(d) for d in dtypes),
                    configs=tuple(configs), supports=supports, heuristic=heuristic,
                    vendor=vendor, priority=priority, alias_ok=alias_ok,
+                   allocates=allocates,
                    source_file=inspect.getsourcefile(impl) or "")
         KERNELS.setdefault((op, backend), []).append(k)
         return impl

@@ -1,11 +1,12 @@
 """Every op definition, one module per family. Importing this registers them all."""
 
-from tsol.ops import elementwise, normalization, reduction, softmax
-from tsol.ops.elementwise import *  # noqa: F401,F403
-from tsol.ops.normalization import *  # noqa: F401,F403
-from tsol.ops.reduction import *  # noqa: F401,F403
-from tsol.ops.softmax import *  # noqa: F401,F403
+import importlib
 
-FAMILIES = (elementwise, reduction, softmax, normalization)
+FAMILY_NAMES = ("elementwise", "reduction", "softmax", "normalization", "layout", "random",
+                "linalg", "attention", "loss")
+
+FAMILIES = tuple(importlib.import_module(f"tsol.ops.{name}") for name in FAMILY_NAMES)
 
 __all__ = [name for family in FAMILIES for name in family.__all__]
+
+globals().update({name: getattr(family, name) for family in FAMILIES for name in family.__all__})

@@ -86,7 +86,9 @@ def defop(*, family: str, inputs: Sequence[str], meta: Callable[..., Any],
           cost: Callable[..., tuple[float, float]] | None = None,
           normalize: Callable[..., dict[str, Any]] | None = None,
           decomposition: Callable[..., Any] | None = None,
-          name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+          name: str | None = None, sequence_inputs: Sequence[str] = (),
+          prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+          ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register an op and return its public function.
 
     - ``inputs``: names of the array parameters; the other parameters (except ``out``) are attrs.
@@ -97,17 +99,26 @@ def defop(*, family: str, inputs: Sequence[str], meta: Callable[..., Any],
       written in TSOL ops; or ``NON_DIFFERENTIABLE``.
     - ``cost(*metas, out=Meta, **attrs) -> (flops, bytes)``.
     - ``decomposition(*operands, **attrs)``: the op in other TSOL ops, used where no kernel is.
+    - ``sequence_inputs``: inputs that take a list of arrays (``concat``'s ``arrays``). Such an
+      operand reaches ``meta`` as a tuple of Metas and the kernel as a tuple of arrays; kernel
+      legality sees every array's Meta, flattened. A ``meta`` may return a list of Metas for an
+      op whose (allocating) kernel returns a list, such as ``split``.
+    - ``prepare(params) -> params`` rewrites the bound arguments (a dict by parameter name)
+      before operands are split from attrs, for an attr that may carry arrays: matmul lifts
+      the arrays of an ``epilogue={"bias": ...}`` dict into its ``bias``/``residual`` inputs.
     """
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         sig = inspect.signature(fn)
-        for n in inputs:
-            if n not in sig.parameters:
+        for n in (*inputs, *sequence_inputs):
+            if n not in sig.parameters or n not in inputs:
                 raise TSOLError(f"defop {fn.__name__}: input {n!r} is not a parameter")
         opdef = register_op(OpDef(
             name=name or fn.__name__, family=family, signature=sig, inputs=tuple(inputs),
             meta=meta, reference=reference, vjp=vjp, cost=cost, normalize=normalize,
-            decomposition=decomposition, doc=inspect.getdoc(fn) or ""))
+            decomposition=decomposition, doc=inspect.getdoc(fn) or "",
+            extra={**({"sequence_inputs": tuple(sequence_inputs)} if sequence_inputs else {}),
+                   **({"prepare": prepare} if prepare else {})}))
 
         @functools.wraps(fn)
         def public(*args: Any, **kwargs: Any) -> Any:
@@ -136,6 +147,8 @@ def bind(opdef: OpDef, args: Sequence[Any], kwargs: dict[str, Any]
                             f"tsol.{opdef.name}{opdef.signature}.") from None
     bound.apply_defaults()
     params = dict(bound.arguments)
+    if "prepare" in opdef.extra:
+        params = opdef.extra["prepare"](params)
     out = params.pop("out", None)
     operands = [params.pop(n) for n in opdef.inputs]
     return operands, params, out
@@ -152,8 +165,30 @@ def _check_operand(opdef: OpDef, x: Any, operands: Sequence[Any]) -> Any:
                    fix, operands)
 
 
+def _optional(opdef: OpDef, name: str) -> bool:
+    """True for an array input whose parameter defaults to None (layernorm's gamma, beta)."""
+    return opdef.signature.parameters[name].default is None
+
+
+def _check_sequence(opdef: OpDef, x: Any, operands: Sequence[Any]) -> tuple[Any, ...]:
+    """A list operand (``concat``'s arrays) as a tuple of checked arrays."""
+    if not isinstance(x, (list, tuple)):
+        raise op_error(ArgumentError, opdef.name, f"expects a list of arrays, got a "
+                       f"{type(x).__name__}", "pass a list or tuple of arrays", [x])
+    items = tuple(_check_operand(opdef, e, operands) for e in x)
+    if any(isinstance(e, SCALAR_TYPES) for e in items):
+        raise op_error(ArgumentError, opdef.name, "a Python scalar is not an array",
+                       "pass arrays in the list (np.asarray(...))", items)
+    return items
+
+
+def _flatten(items: Sequence[Any]) -> list[Any]:
+    """Operands (or metas) with list operands expanded in place."""
+    return [e for x in items for e in (x if isinstance(x, tuple) else (x,))]
+
+
 def _backend_for(opdef: OpDef, operands: Sequence[Any], out: Any) -> backends.Backend:
-    arrays = [o for o in operands if not isinstance(o, SCALAR_TYPES)]
+    arrays = [o for o in operands if o is not None and not isinstance(o, SCALAR_TYPES)]
     if out is not None:
         arrays.append(out)
     try:
@@ -210,7 +245,7 @@ def _needs_private_out(out: Any, arrays: Sequence[Any], alias_ok: bool) -> bool:
     if not out.flags.c_contiguous:
         return True
     for a in arrays:
-        if a.size and np.may_share_memory(out, a):
+        if a is not None and a.size and np.may_share_memory(out, a):
             same = (a.__array_interface__["data"][0] == out.__array_interface__["data"][0]
                     and a.shape == out.shape and a.strides == out.strides and a.dtype == out.dtype)
             if not (same and alias_ok):
@@ -225,23 +260,31 @@ def call(opdef: OpDef, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
         recorded = capture_hook(opdef, operands, dict(attrs, out=out))
         if recorded is not NotImplemented:
             return recorded
-    operands = [_check_operand(opdef, x, operands) for x in operands]
-    b = _backend_for(opdef, operands, out)
-    metas = [meta_of(x) for x in operands]
+    # An optional input left out stays None; its meta is None for the meta rule and kernels.
+    sequences = opdef.extra.get("sequence_inputs", ())
+    operands = [x if x is None and _optional(opdef, n) else
+                _check_sequence(opdef, x, operands) if n in sequences else
+                _check_operand(opdef, x, operands)
+                for n, x in zip(opdef.inputs, operands, strict=True)]
+    b = _backend_for(opdef, _flatten(operands), out)
+    metas = [None if x is None else tuple(meta_of(e) for e in x) if isinstance(x, tuple)
+             else meta_of(x) for x in operands]
     if opdef.normalize is not None:
         attrs = opdef.normalize(metas, **attrs)
     result_meta = opdef.meta(*metas, **attrs)
     if out is not None:
         _check_out(opdef, out, result_meta, b, operands)
 
-    strong = [m for m in metas if not m.weak]
-    arrays = [x if not m.weak else _to_array(x, dtypes.result_type(*[s.dtype for s in strong], x)
-                                             if strong else np.result_type(x), b, opdef)
+    strong = [m for m in _flatten(metas) if m is not None and not m.weak]
+    arrays = [x if m is None or isinstance(m, tuple) or not m.weak else
+              _to_array(x, dtypes.result_type(*[s.dtype for s in strong], x)
+                        if strong else np.result_type(x), b, opdef)
               for x, m in zip(operands, metas)]
-    chosen = select(opdef, b.name, [meta_of(a) for a in arrays], attrs)
+    chosen = select(opdef, b.name, [None if a is None else meta_of(a) for a in _flatten(arrays)],
+                    attrs)
     if chosen is None:
         if opdef.decomposition is None:
-            raise TSOLNotImplementedError(opdef.name, b.name, [m.dtype for m in metas])
+            raise TSOLNotImplementedError(opdef.name, b.name, [m.dtype for m in strong])
         value = opdef.decomposition(*arrays, **attrs)
         if out is None:
             return value
@@ -249,8 +292,14 @@ def call(opdef: OpDef, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
         return out
 
     kern, cfg = chosen
+    if kern.allocates:
+        value = kern.impl(*arrays, config=cfg, **attrs)
+        if out is None:
+            return value
+        out[...] = value
+        return out
     target = out
-    if target is None or _needs_private_out(target, arrays, kern.alias_ok):
+    if target is None or _needs_private_out(target, _flatten(arrays), kern.alias_ok):
         target = b.empty(result_meta.shape, result_meta.dtype)
         if config.get().poison_outputs:
             _poison(target)

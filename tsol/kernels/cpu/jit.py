@@ -83,8 +83,27 @@ if TSOLCacheLocator not in _cache_impl._locator_classes:
 if config.get().num_threads:
     numba.set_num_threads(min(config.get().num_threads, numba.config.NUMBA_NUM_THREADS))
 
-kernel_jit = functools.partial(numba.njit, cache=True, nogil=True)
-"""Decorator for a kernel entry point: ``@kernel_jit(parallel=True)``."""
+_DISPATCHERS: list = []
+
+
+def kernel_jit(fn=None, **options):
+    """Decorator for a kernel entry point: ``@kernel_jit(parallel=True)`` or ``@kernel_jit``.
+
+    ``numba.njit`` with ``cache=True`` and ``nogil=True``; compiles lazily on first call.
+    """
+    def wrap(f):
+        dispatcher = numba.njit(cache=True, nogil=True, **options)(f)
+        _DISPATCHERS.append(dispatcher)
+        return dispatcher
+    return wrap(fn) if fn is not None else wrap
+
+
+def compile_stats() -> dict[str, int]:
+    """Cache hits and misses of every CPU kernel so far: misses mean fresh compilation."""
+    hits = sum(sum(d.stats.cache_hits.values()) for d in _DISPATCHERS)
+    misses = sum(sum(d.stats.cache_misses.values()) for d in _DISPATCHERS)
+    return {"kernels": len(_DISPATCHERS), "cache_hits": hits, "cache_misses": misses}
+
 
 scalar_jit = functools.partial(numba.njit, cache=True, inline="always")
 """Decorator for a scalar helper that kernels inline (math functions, dtype conversions)."""

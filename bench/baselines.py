@@ -1,0 +1,61 @@
+"""What a user would write without TSOL: the baseline expression for each op, per library."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+
+def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    s = x - x.max(axis=axis, keepdims=True)
+    return s - np.log(np.exp(s).sum(axis=axis, keepdims=True))
+
+
+def _layernorm(x, gamma=None, beta=None, eps=1e-5):
+    y = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + eps)
+    return y * gamma + beta if gamma is not None else y
+
+
+def _rmsnorm(x, gamma=None, eps=1e-6):
+    y = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
+    return y * gamma if gamma is not None else y
+
+
+def _logsumexp(a, axis=None, keepdims=False):
+    m = a.max(axis=axis, keepdims=True)
+    s = np.log(np.exp(a - m).sum(axis=axis, keepdims=True)) + m
+    if keepdims:
+        return s
+    return s.reshape(()) if axis is None else np.squeeze(s, axis=axis)
+
+
+def _gelu(x, approximate="none"):
+    if approximate == "tanh":
+        c = np.float32(0.7978845608) if x.dtype == np.float32 else 0.7978845608028654
+        return 0.5 * x * (1 + np.tanh(c * (x + 0.044715 * x * x * x)))
+    from scipy.special import erf
+    return 0.5 * x * (1 + erf(x / np.sqrt(2)).astype(x.dtype))
+
+
+NUMPY: dict[str, Callable[..., Any]] = {
+    "neg": np.negative, "abs": np.abs, "exp": np.exp, "log": np.log, "sqrt": np.sqrt,
+    "rsqrt": lambda x: 1 / np.sqrt(x), "sin": np.sin, "cos": np.cos, "tanh": np.tanh,
+    "sigmoid": lambda x: 1 / (1 + np.exp(-x)), "relu": lambda x: np.maximum(x, 0),
+    "gelu": _gelu, "silu": lambda x: x / (1 + np.exp(-x)),
+    "add": np.add, "subtract": np.subtract, "multiply": np.multiply, "divide": np.divide,
+    "power": np.power, "maximum": np.maximum, "minimum": np.minimum, "less": np.less,
+    "where": np.where, "clip": np.clip, "astype": lambda x, dtype: x.astype(dtype),
+    "sum": np.sum, "mean": np.mean, "max": np.max, "min": np.min, "prod": np.prod,
+    "var": np.var, "std": np.std, "argmax": np.argmax, "argmin": np.argmin,
+    "logsumexp": _logsumexp, "softmax": _softmax, "log_softmax": _log_softmax,
+    "layernorm": _layernorm, "rmsnorm": _rmsnorm,
+}
+"""NumPy's own ufunc or reduction where one exists, else the composed NumPy expression."""
+
+BASELINES = {"numpy": NUMPY}

@@ -1,0 +1,52 @@
+"""``tsol-bench``: run the benchmark cases and print or save the results.
+
+    tsol-bench run [--suite softmax ...] [--op exp ...] [--backend cpu] [--quick] [--out r.json]
+    tsol-bench devices
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from tsol import backends
+from tsol.bench.cases import CASES, SUITES
+from tsol.bench.runner import markdown_table, run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tsol-bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="run benchmark cases")
+    p_run.add_argument("--suite", action="append", choices=SUITES)
+    p_run.add_argument("--op", action="append")
+    p_run.add_argument("--backend", default="cpu")
+    p_run.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
+    p_run.add_argument("--out", help="write the results JSON here")
+    sub.add_parser("devices", help="list the backends this machine can run")
+    args = parser.parse_args(argv)
+
+    if args.command == "devices":
+        for name in backends.BACKENDS:
+            b = backends.get(name)
+            state = b.device_key() if b.available() else f"unavailable ({b.why_unavailable()})"
+            print(f"{name:<7} {state}")
+        return 0
+
+    cases = [c for c in CASES if (not args.suite or c.suite in args.suite)
+             and (not args.op or c.op in args.op)]
+    if not cases:
+        print("tsol-bench: no case matches the filters", file=sys.stderr)
+        return 2
+    doc = run(cases, backend=args.backend, quick=args.quick)
+    print(markdown_table(doc))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(doc, f, indent=1)
+    return 0 if all(r["ok"] for r in doc["rows"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
