@@ -13,7 +13,7 @@ import numpy as np
 import tsol
 from tsol import backends
 from tsol.dtypes import TOLERANCES
-from tsol.ops.base import meta_of, select
+from tsol.ops.base import bind, meta_of, select
 from tsol.registry import get_op
 
 from tsol.bench.baselines import BASELINES
@@ -61,6 +61,21 @@ def check(case: Case, got: Any, base: Any, ref: np.ndarray) -> tuple[bool, str]:
     return err <= bound, f"max error {err:.3g} (bound {bound:.3g})"
 
 
+def full_attrs(op: str, inputs: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Every attribute of the call, defaults filled and normalized, as references expect."""
+    opdef = get_op(op)
+    operands, attrs, _ = bind(opdef, inputs, kwargs)
+    if opdef.normalize is not None:
+        attrs = opdef.normalize([meta_of(o) for o in operands], **attrs)
+    return attrs
+
+
+def reference(op: str, inputs: list[Any], kwargs: dict[str, Any]) -> np.ndarray:
+    """The op's float64 reference on float64 copies of ``inputs``."""
+    attrs = full_attrs(op, inputs, kwargs)
+    return np.asarray(get_op(op).reference(*[x.astype(np.float64) for x in inputs], **attrs))
+
+
 def run_case(case: Case, backend: str = "cpu", quick: bool = False,
              rng: np.random.Generator | None = None) -> dict[str, Any]:
     """One result row; a failed correctness check gives a row with ``ok=False`` and no time."""
@@ -71,14 +86,15 @@ def run_case(case: Case, backend: str = "cpu", quick: bool = False,
     fn = getattr(tsol, case.op)
     opdef = get_op(case.op)
     got = fn(*inputs, **kwargs)
-    ref = opdef.reference(*[x.astype(np.float64) for x in inputs], **kwargs)
+    ref = reference(case.op, inputs, kwargs)
+    attrs = full_attrs(case.op, inputs, kwargs)
     baseline_fns = {name: BASELINES[name][case.op] for name in case.baselines
                     if case.op in BASELINES.get(name, {})}
     base_out = {name: f(*inputs, **kwargs) for name, f in baseline_fns.items()}
-    ok, detail = check(case, got, base_out.get("numpy"), np.asarray(ref))
+    ok, detail = check(case, got, base_out.get("numpy"), ref)
     metas = [meta_of(x) for x in inputs]
-    chosen = select(opdef, backend, metas, kwargs)
-    flops, nbytes = opdef.cost(*metas, out=meta_of(got), **kwargs)
+    chosen = select(opdef, backend, metas, attrs)
+    flops, nbytes = opdef.cost(*metas, out=meta_of(got), **attrs)
     row: dict[str, Any] = {
         "case": case.id, "suite": case.suite, "op": case.op,
         "shape": list(inputs[0].shape), "dtype": case.dtype, "attrs": kwargs,

@@ -6,7 +6,7 @@ import pytest
 import tsol
 from tsol.bench.baselines import BASELINES
 from tsol.bench.cases import CASES
-from tsol.bench.runner import check
+from tsol.bench.runner import check, reference
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -16,10 +16,9 @@ def test_case(benchmark, case, impl):
     fn = getattr(tsol, case.op) if impl == "tsol" else BASELINES[impl][case.op]
     got = fn(*inputs, **case.kwargs)
     if impl == "tsol":
-        ref = tsol.registry.get_op(case.op).reference(
-            *[x.astype(np.float64) for x in inputs], **case.kwargs)
+        ref = reference(case.op, inputs, case.kwargs)
         base = BASELINES["numpy"][case.op](*inputs, **case.kwargs)
-        ok, detail = check(case, got, base, np.asarray(ref))
+        ok, detail = check(case, got, base, ref)
         assert ok, detail
     benchmark.group = case.id
     benchmark(fn, *inputs, **case.kwargs)

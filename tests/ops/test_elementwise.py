@@ -121,19 +121,20 @@ SPECIAL = np.array([0.0, -0.0, 1.0, -1.0, np.inf, -np.inf, np.nan, 1e-40, 30.0, 
 def test_unary_special_values(op, dt):
     x = SPECIAL.astype(dt)
     got = unary(op, x).astype(np.float64)
-    want = unary_ref(op, x)
+    with np.errstate(over="ignore"):                # exp(100) overflows the small dtypes
+        want = unary_ref(op, x).astype(dt).astype(np.float64)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"{op} NaN pattern")
     finite = np.isfinite(want)
     np.testing.assert_array_equal(got[~finite], want[~finite], err_msg=f"{op} inf")
-    assert_close(got[finite], want[finite].astype(dt), dt, what=op)
+    assert_close(got[finite], want[finite], dt, what=op)
 
 
 @pytest.mark.parametrize("dt", [dtypes.float32, dtypes.float64], ids=dtype_id)
 @pytest.mark.parametrize("op", ["sin", "cos"])
 def test_sin_cos_are_accurate_for_large_arguments(op, dt, rng):
-    # Past the float32 kernel's Cody-Waite range (|x| > 8192) tiles fall back to libm.
-    x = np.concatenate([rng.uniform(-1e4, 1e4, 5000), rng.uniform(-1e7, 1e7, 100),
-                        [8192.0, -8193.5, 1e30, -3.4e38]]).astype(dt)
+    # Past the float32 kernel's Cody-Waite range (|x| > 2**20) tiles fall back to libm.
+    x = np.concatenate([rng.uniform(-1e5, 1e5, 5000), rng.uniform(-1e7, 1e7, 100),
+                        [1048576.0, -1048577.0, 1e30, -3.4e38]]).astype(dt)
     assert_close(unary(op, x), reference(op, x), dt, what=op)
 
 
@@ -386,8 +387,8 @@ def test_in_place(dt, rng):
     if dt in dtypes.FLOATS:
         y = x.astype(np.float32)
         want = np.sin(y.astype(np.float64))
-        y[0, 0] = 1e6                                # forces the libm fallback on one tile
-        want[0, 0] = math.sin(1e6)
+        y[0, 0] = 3e6                                # forces the libm fallback on one tile
+        want[0, 0] = math.sin(3e6)
         tsol.sin(y, out=y)
         assert_close(y, want, dtypes.float32, what="sin in place")
 

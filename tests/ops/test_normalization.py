@@ -110,6 +110,15 @@ def test_out_nan_filled_and_in_place(rng):
     assert_close(out, reference("rmsnorm", x, g, eps=1e-6), np.float32, what="rmsnorm out=")
 
 
+def test_read_only_operands(rng):
+    x, g, b = rand((9, 130), np.float32, rng), rand((130,), np.float32, rng), \
+        rand((130,), np.float32, rng)
+    for a in (x, g, b):
+        a.flags.writeable = False
+    assert_close(tsol.layernorm(x, g, b), reference("layernorm", x, g, b, eps=1e-5), np.float32)
+    assert_close(tsol.rmsnorm(x, g), reference("rmsnorm", x, g, eps=1e-6), np.float32)
+
+
 @pytest.mark.parametrize("op", ["layernorm", "rmsnorm"])
 def test_bitwise_same_for_every_config_and_thread_count(op, rng):
     x = rand((37, 1031), np.float32, rng)

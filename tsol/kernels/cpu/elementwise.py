@@ -48,7 +48,8 @@ from tsol.registry import Config, kernel
 class Body(NamedTuple):
     """One op's scalar body. ``classes``: the compute classes it exists for; ``guard``/``exact``
     (float32 only): a tile holding an element where ``guard`` holds computes those elements
-    with ``exact`` instead (libm for sin/cos far from 0, the float64 pow for large exponents);
+    with ``exact`` instead (libm for sin/cos far from 0), or with ``exact_all`` the whole tile
+    (the float64-internal pow, vectorized, for large exponents);
     ``bool_out``: a comparison, written straight into the bool output."""
 
     family: str
@@ -58,6 +59,7 @@ class Body(NamedTuple):
     int_expr: str = ""
     guard: str = ""
     exact: str = ""
+    exact_all: bool = False
     bool_out: bool = False
 
 
@@ -81,7 +83,7 @@ BODIES: dict[str, Body] = {
                       "* (x0 + F(0.044715) * x0 * x0 * x0)))", FLOAT),
     # float32: all-float32 pow for |y| <= 4; tiles holding a larger |y| use the float64 one
     "power": Body("math", 2, "pow_small(x0, x1)", int_expr="ipow(x0, x1, F(1))",
-                  guard=f"abs(x1) > F({POW_FAST_LIMIT})", exact="pow(x0, x1)"),
+                  guard=f"abs(x1) > F({POW_FAST_LIMIT})", exact="pow(x0, x1)", exact_all=True),
     # basic: cheap arithmetic, comparisons, selection, casts
     "neg": Body("basic", 1, "-x0", int_expr="F(0) - x0"),
     "abs": Body("basic", 1, "abs(x0)"),
@@ -208,7 +210,8 @@ def _body_source(code: int, body: Body, cls: str) -> str:
     return (src + "        nbig = 0\n        for j in range(un):\n" + loads
             + f"            nbig += {body.guard}\n        if nbig == 0:\n"
             + _loop(" " * 12, body.nin, expr) + "        else:\n"
-            + _loop(" " * 12, body.nin, f"{body.exact} if {body.guard} else {expr}"))
+            + _loop(" " * 12, body.nin, body.exact if body.exact_all else
+                    f"{body.exact} if {body.guard} else {expr}"))
 
 
 @functools.lru_cache(maxsize=None)

@@ -4,7 +4,7 @@ libm's ``sinf``/``tanhf``/``powf`` are scalar calls that stop LLVM from vectoriz
 float32 kernels use the branch-free versions here (range reduction plus polynomial or rational;
 every branch is a select). Each is within a few float32 ulp of the float64 result on the range
 its docstring states; the elementwise kernels route the rest to exact paths (libm sin/cos for
-|x| > 8192, the float64-internal ``pow_f32`` for |y| > 4).
+|x| > 2**20, the float64-internal ``pow_f32`` for |y| > 4).
 
 Most helpers are ``vector_jit`` (plain ``njit``), not ``scalar_jit``: LLVM inlines and
 vectorizes them all the same, while Numba's IR-level inlining (``inline="always"``) makes a
@@ -39,12 +39,10 @@ vector_jit = functools.partial(numba.njit, cache=True, error_model="numpy",
 """A non-IR-inlined helper (LLVM still inlines it). ``error_model="numpy"``: x/0 is inf;
 ``contract``: polynomials use FMA (more accurate, and NaN/inf semantics are kept)."""
 
-# pi/2 in three float32 parts (Cephes' sinf split, doubled): k * PIO2_1 and k * PIO2_2 are exact
-# for |k| < 2**13, so the reduced argument keeps full float32 accuracy up to |x| = 8192.
-PIO2_1 = 1.5703125
-PIO2_2 = 4.837512969970703125e-4
-PIO2_3 = 7.54978995489188216e-8
-SINCOS_EXACT_LIMIT = 8192.0
+# fdlibm's pi/2 split: PIO2_HI has 33 significant bits, so k * PIO2_HI is exact for |k| < 2**20.
+PIO2_HI = 1.57079632673412561417e+00
+PIO2_LO = 6.07710050650619224932e-11
+SINCOS_EXACT_LIMIT = 1048576.0
 """sin_f32/cos_f32 are accurate for |x| <= this; kernels send larger |x| to libm in float64."""
 
 
@@ -60,7 +58,7 @@ def log_v(x):
 
 @vector_jit
 def sin_f32(x):
-    """sin of float32 ``x`` for |x| <= 8192: Cody-Waite reduction, Cephes polynomials."""
+    """sin of float32 ``x`` for |x| <= 2**20: float64 Cody-Waite reduction, Cephes polynomials."""
     r, q = _reduce_pio2(x)
     s, c = _sin_cos_poly(r)
     y = c if q == np.float32(1.0) or q == np.float32(3.0) else s
@@ -71,7 +69,7 @@ def sin_f32(x):
 
 @vector_jit
 def cos_f32(x):
-    """cos of float32 ``x`` for |x| <= 8192 (see sin_f32)."""
+    """cos of float32 ``x`` for |x| <= 2**20 (see sin_f32)."""
     r, q = _reduce_pio2(x)
     s, c = _sin_cos_poly(r)
     y = s if q == np.float32(1.0) or q == np.float32(3.0) else c
@@ -82,11 +80,12 @@ def cos_f32(x):
 
 @vector_jit
 def _reduce_pio2(x):
-    """x = k pi/2 + r with |r| <~ pi/4 (float32 Cody-Waite); q = k mod 4 as a float."""
-    k = np.floor(x * np.float32(0.6366197723675814) + np.float32(0.5))
-    r = ((x - k * np.float32(PIO2_1)) - k * np.float32(PIO2_2)) - k * np.float32(PIO2_3)
-    # k mod 4 in floating point: an int conversion of a NaN k would be poison in LLVM.
-    q = k - np.float32(4.0) * np.floor(k * np.float32(0.25))
+    """x = k pi/2 + r with |r| <= pi/4 (float64 Cody-Waite, r rounded to float32); q = k mod 4
+    as a float (an int conversion of a NaN k would be poison in LLVM)."""
+    xd = np.float64(x)
+    k = np.floor(xd * 0.6366197723675814 + 0.5)
+    r = np.float32((xd - k * PIO2_HI) - k * PIO2_LO)
+    q = np.float32(k - 4.0 * np.floor(k * 0.25))
     return r, q
 
 

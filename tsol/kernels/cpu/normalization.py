@@ -23,7 +23,7 @@ import numpy as np
 
 from tsol import dtypes
 from tsol.kernels.cpu.scalar import storage_view
-from tsol.kernels.cpu.softmax import kind_of, render, rows_per_task
+from tsol.kernels.cpu.softmax import kind_of, read_only, render, rows_per_task
 from tsol.registry import Config, kernel
 
 TEMPLATE = '''
@@ -81,8 +81,10 @@ def _run(x: np.ndarray, gamma: np.ndarray | None, beta: np.ndarray | None, out: 
     n = x.shape[-1]
     m = x.size // n
     ct = dtypes.compute_dtype(x.dtype)
-    _kernels(x.dtype).norm_rows(storage_view(x).reshape(m, n), storage_view(out).reshape(m, n),
-                                _param(gamma, n, ct, 1.0), _param(beta, n, ct, 0.0),
+    _kernels(x.dtype).norm_rows(read_only(storage_view(x)).reshape(m, n),
+                                storage_view(out).reshape(m, n),
+                                read_only(_param(gamma, n, ct, 1.0)),
+                                read_only(_param(beta, n, ct, 0.0)),
                                 float(eps), rms, rows_per_task(m, n, config.task_elems),
                                 x.dtype == dtypes.bfloat16)
 

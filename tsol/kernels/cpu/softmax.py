@@ -305,6 +305,14 @@ def _kernels(dt: np.dtype) -> ModuleType:
     return _modules[kind]
 
 
+def read_only(a: np.ndarray) -> np.ndarray:
+    """A read-only view: kernels always see inputs so, and so compile once whether or not the
+    caller's array is writeable (Numba types the two differently)."""
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
 def split_axis(shape: Sequence[int], axis: int) -> tuple[int, int, int]:
     """``shape`` as (outer, n, inner) around ``axis``."""
     return (math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:]))
@@ -347,7 +355,8 @@ def _run(x: np.ndarray, out: np.ndarray, axis: int, log: bool, config: Config) -
         # changes no result (each column is reduced alone).
         width = min(width, max(16, HALF_SCRATCH_BYTES // (8 * n)))
     _kernels(x.dtype).softmax_axis(
-        storage_view(x).reshape(outer, n, inner), storage_view(out).reshape(outer, n, inner),
+        read_only(storage_view(x)).reshape(outer, n, inner),
+        storage_view(out).reshape(outer, n, inner),
         log, rows_per_task(outer, n, config.task_elems), width, x.dtype == dtypes.bfloat16)
 
 
