@@ -184,12 +184,10 @@ def _log2_abs_f64(x):
 
 
 @scalar_jit
-def _exp2_f64_to_f32(t):
-    """2**t rounded to float32 for float64 ``t``: t = k + r in float64, then 2**r by a float32
-    polynomial (least-squares fit on [-1/2, 1/2], relative error 2e-9 before rounding)."""
-    tc = min(max(t, -160.0), 130.0)
-    k = np.floor(tc + 0.5)
-    r = np.float32(tc - k)                              # |r| <= 1/2, exact enough in float32
+def _exp2_split(r, k):
+    """2**(r + k) in float32 for float32 ``r`` in [-1/2, 1/2] and int32 ``k`` in [-200, 200]:
+    2**r by a polynomial (least-squares fit, relative error 2e-9 before rounding), 2**k in two
+    float32 factors so that the whole range stays representable."""
     p = np.float32(1.5337577497120947e-04)
     p = p * r + np.float32(1.3399859890341759e-03)
     p = p * r + np.float32(9.618519805371761e-03)
@@ -197,12 +195,19 @@ def _exp2_f64_to_f32(t):
     p = p * r + np.float32(2.4022646248340607e-01)
     p = p * r + np.float32(6.931471824645996e-01)
     p = p * r + np.float32(1.0)
-    # 2**k in two float32 factors so that k in [-160, 130] stays representable.
-    ki = np.int32(k)
-    k1 = ki >> np.int32(1)
-    k2 = ki - k1
-    y = p * i32_as_f32((k1 + np.int32(127)) << np.int32(23)) \
-        * i32_as_f32((k2 + np.int32(127)) << np.int32(23))
+    k1 = k >> np.int32(1)
+    return p * i32_as_f32((k1 + np.int32(127)) << np.int32(23)) \
+        * i32_as_f32((k - k1 + np.int32(127)) << np.int32(23))
+
+
+@scalar_jit
+def _exp2_f64_to_f32(t):
+    """2**t rounded to float32 for float64 ``t``: t = k + r in float64, then 2**r by a float32
+    polynomial (least-squares fit on [-1/2, 1/2], relative error 2e-9 before rounding)."""
+    tc = min(max(t, -160.0), 130.0)
+    k = np.floor(tc + 0.5)
+    r = np.float32(tc - k)                              # |r| <= 1/2, exact enough in float32
+    y = _exp2_split(r, np.int32(k))
     if t != t:
         y = np.float32(t)
     return y
@@ -275,17 +280,7 @@ def pow_small_f32(x, y):
     s = min(max(ph + ylm, np.float32(-200.0)), np.float32(200.0))
     n = np.floor(s + np.float32(0.5))
     r = ((ph - n) + ylm) + pl
-    q = np.float32(1.5337577497120947e-04)
-    q = q * r + np.float32(1.3399859890341759e-03)
-    q = q * r + np.float32(9.618519805371761e-03)
-    q = q * r + np.float32(5.550329014658928e-02)
-    q = q * r + np.float32(2.4022646248340607e-01)
-    q = q * r + np.float32(6.931471824645996e-01)
-    q = q * r + np.float32(1.0)
-    ni = np.int32(n)
-    n1 = ni >> np.int32(1)
-    res = q * i32_as_f32((n1 + np.int32(127)) << np.int32(23)) \
-        * i32_as_f32((ni - n1 + np.int32(127)) << np.int32(23))
+    res = _exp2_split(r, np.int32(n))
     # |x| or |y| zero or infinite: |x|**y is 0 or inf by the sign of y log|x|.
     big = (a == np.float32(np.inf)) | (abs(y) == np.float32(np.inf)) | (a == np.float32(0.0))
     grows = (a > np.float32(1.0)) == (y > np.float32(0.0))
