@@ -43,6 +43,49 @@ def _gelu(x, approximate="none"):
     return 0.5 * x * (1 + erf(x / np.sqrt(2)).astype(x.dtype))
 
 
+_ACT = {"none": lambda y: y, "relu": lambda y: np.maximum(y, 0), "gelu": _gelu,
+        "silu": lambda y: y / (1 + np.exp(-y))}
+
+
+def _matmul(a, b, *, bias=None, residual=None, epilogue=None, tile_shape=None):
+    y = a @ b
+    steps = (epilogue or "").split("_")
+    if bias is not None:
+        y += bias
+    y = _ACT[next((s for s in steps if s in _ACT), "none")](y)
+    return y + residual if residual is not None else y
+
+
+def _attention(q, k, v, *, causal=False, scale=None):
+    s = (q @ np.swapaxes(k, -1, -2)) * (scale or 1 / np.sqrt(q.shape[-1]))
+    if causal:
+        n, m = s.shape[-2:]
+        s = np.where(np.tri(n, m, m - n, dtype=bool), s, -np.inf)
+    return _softmax(s) @ v
+
+
+def _rope(x, theta=10000.0):
+    s, d = x.shape[-2:]
+    ang = np.arange(s)[:, None] * theta ** (-np.arange(0, d, 2) / d)
+    c, sn = np.cos(ang).astype(x.dtype), np.sin(ang).astype(x.dtype)
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    out = np.empty_like(x)
+    out[..., 0::2] = x0 * c - x1 * sn
+    out[..., 1::2] = x0 * sn + x1 * c
+    return out
+
+
+def _cross_entropy(logits, targets, reduction="mean"):
+    lp = _log_softmax(logits)
+    nll = -np.take_along_axis(lp, targets[..., None], axis=-1)[..., 0]
+    return nll.mean() if reduction == "mean" else nll
+
+
+def _dropout(x, p, seed=0):
+    keep = np.random.default_rng(seed).random(x.shape, dtype=np.float32) >= p
+    return np.where(keep, x / (1 - p), 0).astype(x.dtype)
+
+
 NUMPY: dict[str, Callable[..., Any]] = {
     "neg": np.negative, "abs": np.abs, "exp": np.exp, "log": np.log, "sqrt": np.sqrt,
     "rsqrt": lambda x: 1 / np.sqrt(x), "sin": np.sin, "cos": np.cos, "tanh": np.tanh,
@@ -54,8 +97,13 @@ NUMPY: dict[str, Callable[..., Any]] = {
     "sum": np.sum, "mean": np.mean, "max": np.max, "min": np.min, "prod": np.prod,
     "var": np.var, "std": np.std, "argmax": np.argmax, "argmin": np.argmin,
     "logsumexp": _logsumexp, "softmax": _softmax, "log_softmax": _log_softmax,
-    "layernorm": _layernorm, "rmsnorm": _rmsnorm,
+    "layernorm": _layernorm, "rmsnorm": _rmsnorm, "matmul": _matmul,
+    "flash_attention": _attention, "rope": _rope, "cross_entropy": _cross_entropy,
+    "mse": lambda a, b: np.mean((a - b) ** 2), "dropout": _dropout,
 }
 """NumPy's own ufunc or reduction where one exists, else the composed NumPy expression."""
 
 BASELINES = {"numpy": NUMPY}
+
+DIFFERENT_STREAM = {"dropout"}
+"""Ops whose baseline draws other random numbers: its result is no accuracy yardstick."""

@@ -23,14 +23,21 @@ class Case:
     dtype: str = "float32"
     attrs: tuple[tuple[str, Any], ...] = ()
     inputs: str = "x"
-    """Operand recipe: 'x' one array, 'xy' two, 'x+' positive, 'xgb' x with gamma and beta..."""
+    """Operand recipe (``RECIPES``): 'x' one array, 'xy' two, 'x+' positive, 'xgb' x with gamma
+    and beta, 'mm' a [M, K] @ [K, N] pair for shape (M, K, N), 'qkv' three [B, H, S, D]..."""
+    keywords: tuple[str, ...] = ()
+    """Names under which the recipe's trailing arrays are passed (matmul's ``bias=``)."""
     baselines: tuple[str, ...] = ("numpy",)
     quick_shape: tuple[int, ...] = field(default=(), compare=False)
 
     @property
     def id(self) -> str:
+        return self.id_at(self.shape)
+
+    def id_at(self, shape: tuple[int, ...]) -> str:
+        """The case's name at ``shape`` (its --quick shape names the quick run's rows)."""
         extra = ",".join(f"{k}={v}" for k, v in self.attrs)
-        return f"{self.op}[{'x'.join(map(str, self.shape))},{self.dtype}{',' + extra if extra else ''}]"
+        return f"{self.op}[{'x'.join(map(str, shape))},{self.dtype}{',' + extra if extra else ''}]"
 
     def make_inputs(self, rng: np.random.Generator, quick: bool = False) -> list[np.ndarray]:
         shape = self.quick_shape if quick and self.quick_shape else self.shape
@@ -47,12 +54,22 @@ class Case:
             "xy": lambda: [arr(shape), arr(shape)],
             "xg": lambda: [arr(shape), arr((n,))],
             "xgb": lambda: [arr(shape), arr((n,)), arr((n,))],
+            "mm": lambda: [arr(shape[:2]) / 8, arr(shape[1:]) / 8],
+            "mm+bias": lambda: [arr(shape[:2]) / 8, arr(shape[1:]) / 8, arr((n,))],
+            "qkv": lambda: [arr(shape), arr(shape), arr(shape)],
+            "logits": lambda: [arr(shape), rng.integers(0, n, size=shape[:-1])],
         }
         return recipes[self.inputs]()
 
     @property
     def kwargs(self) -> dict[str, Any]:
         return dict(self.attrs)
+
+    def call_args(self, inputs: list[Any]) -> tuple[list[Any], dict[str, Any]]:
+        """(positional arrays, keyword arguments) of the call on ``inputs``."""
+        k = len(self.keywords)
+        args = inputs[:len(inputs) - k]
+        return args, {**dict(zip(self.keywords, inputs[len(args):])), **self.kwargs}
 
 
 def _q(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -83,7 +100,32 @@ def _cases() -> list[Case]:
             if op != "argmax" or axis == -1:
                 out.append(Case("reduction", op, SQUARE, attrs=(("axis", axis),),
                                 quick_shape=_q(SQUARE)))
+    out += _ml_cases()
     return out
+
+
+def _ml_cases() -> list[Case]:
+    """matmul, attention, rope, losses and dropout at the sizes the CPU targets name."""
+    mm, mm_q = (2048, 2048, 2048), (96, 80, 72)
+    thin = (2048, 512, 2048)
+    attn, attn_q = (1, 8, 2048, 64), (1, 2, 96, 32)
+    rows, rows_q = (8192, 4096), (128, 130)
+    return [
+        Case("linalg", "matmul", mm, inputs="mm", quick_shape=mm_q),
+        Case("linalg", "matmul", mm, inputs="mm", attrs=(("tile_shape", (192, 128, 256)),),
+             quick_shape=mm_q),
+        Case("linalg", "matmul", thin, inputs="mm+bias", keywords=("bias",),
+             attrs=(("epilogue", "bias_gelu"),), quick_shape=mm_q),
+        Case("attention", "flash_attention", attn, inputs="qkv", quick_shape=attn_q),
+        Case("attention", "flash_attention", attn, inputs="qkv", attrs=(("causal", True),),
+             quick_shape=attn_q),
+        Case("attention", "rope", (16, 2048, 128),
+             quick_shape=(2, 96, 64)),
+        Case("loss", "cross_entropy", (4096, 8192), inputs="logits", quick_shape=(64, 100)),
+        Case("loss", "mse", rows, inputs="xy", quick_shape=rows_q),
+        Case("random", "dropout", (M16,), attrs=(("p", 0.1), ("seed", 1)),
+             quick_shape=_q((M16,))),
+    ]
 
 
 CASES: list[Case] = _cases()

@@ -10,9 +10,10 @@ import argparse
 import json
 import sys
 
-from tsol import backends
 from tsol.bench.cases import CASES, SUITES
 from tsol.bench.runner import markdown_table, run
+
+from tsol import backends
 
 
 def main(argv: list[str] | None = None) -> int:

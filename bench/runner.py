@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 import statistics
 import sys
@@ -9,15 +10,14 @@ import time
 from typing import Any, Callable, Iterable
 
 import numpy as np
+from tsol.bench.baselines import BASELINES, DIFFERENT_STREAM
+from tsol.bench.cases import Case
 
 import tsol
 from tsol import backends
 from tsol.dtypes import TOLERANCES
 from tsol.ops.base import bind, meta_of, select
 from tsol.registry import get_op
-
-from tsol.bench.baselines import BASELINES
-from tsol.bench.cases import Case
 
 SCHEMA_VERSION = 1
 
@@ -56,24 +56,49 @@ def check(case: Case, got: Any, base: Any, ref: np.ndarray) -> tuple[bool, str]:
         return False, "NaN in result"
     rtol, atol = TOLERANCES.get(tsol.dtypes.dtype(case.dtype), (0.0, 0.0))
     bound = atol * max(1.0, float(np.max(np.abs(ref), initial=0.0)))
-    if base is not None:
+    if base is not None and case.op not in DIFFERENT_STREAM:
         bound = max(bound, 4.0 * _max_err(base, ref))
     return err <= bound, f"max error {err:.3g} (bound {bound:.3g})"
 
 
-def full_attrs(op: str, inputs: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Every attribute of the call, defaults filled and normalized, as references expect."""
+def bound_call(op: str, args: list[Any], kwargs: dict[str, Any]
+               ) -> tuple[list[Any], dict[str, Any]]:
+    """(operands, attrs) of the call: every input in the op's order (None where not given) and
+    every attribute with defaults filled and normalized, as references and costs expect."""
     opdef = get_op(op)
-    operands, attrs, _ = bind(opdef, inputs, kwargs)
+    operands, attrs, _ = bind(opdef, args, kwargs)
     if opdef.normalize is not None:
-        attrs = opdef.normalize([meta_of(o) for o in operands], **attrs)
-    return attrs
+        attrs = opdef.normalize([None if o is None else meta_of(o) for o in operands], **attrs)
+    return operands, attrs
 
 
-def reference(op: str, inputs: list[Any], kwargs: dict[str, Any]) -> np.ndarray:
-    """The op's float64 reference on float64 copies of ``inputs``."""
-    attrs = full_attrs(op, inputs, kwargs)
-    return np.asarray(get_op(op).reference(*[x.astype(np.float64) for x in inputs], **attrs))
+def reference(op: str, args: list[Any], kwargs: dict[str, Any]) -> np.ndarray:
+    """The op's float64 reference on float64 copies of the float inputs."""
+    operands, attrs = bound_call(op, args, kwargs)
+    wide = [o.astype(np.float64) if isinstance(o, np.ndarray) and tsol.dtypes.is_float(o.dtype)
+            else o for o in operands]
+    return np.asarray(get_op(op).reference(*wide, **attrs))
+
+
+def peak_memory(fn: Callable[[], Any]) -> int:
+    """Bytes of NumPy memory that one call of ``fn`` held at its peak (tracemalloc)."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        fn()
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+def _kernel_name(chosen: Any) -> str:
+    """The kernel that runs: a config naming a vendor hands the call to that candidate."""
+    if not chosen:
+        return "decomposition"
+    vendor = chosen[1].asdict().get("vendor")
+    return f"{chosen[0].name} -> {vendor}" if vendor else chosen[0].name
 
 
 def run_case(case: Case, backend: str = "cpu", quick: bool = False,
@@ -82,30 +107,32 @@ def run_case(case: Case, backend: str = "cpu", quick: bool = False,
     rng = rng or np.random.default_rng(0)
     b = backends.get(backend)
     inputs = case.make_inputs(rng, quick)
-    kwargs = case.kwargs
+    args, kwargs = case.call_args(inputs)
     fn = getattr(tsol, case.op)
     opdef = get_op(case.op)
-    got = fn(*inputs, **kwargs)
-    ref = reference(case.op, inputs, kwargs)
-    attrs = full_attrs(case.op, inputs, kwargs)
+    got = fn(*args, **kwargs)
+    ref = reference(case.op, args, kwargs)
+    operands, attrs = bound_call(case.op, args, kwargs)
     baseline_fns = {name: BASELINES[name][case.op] for name in case.baselines
                     if case.op in BASELINES.get(name, {})}
-    base_out = {name: f(*inputs, **kwargs) for name, f in baseline_fns.items()}
+    base_out = {name: f(*args, **kwargs) for name, f in baseline_fns.items()}
     ok, detail = check(case, got, base_out.get("numpy"), ref)
-    metas = [meta_of(x) for x in inputs]
+    metas = [None if o is None else meta_of(o) for o in operands]
     chosen = select(opdef, backend, metas, attrs)
     flops, nbytes = opdef.cost(*metas, out=meta_of(got), **attrs)
     row: dict[str, Any] = {
-        "case": case.id, "suite": case.suite, "op": case.op,
-        "shape": list(inputs[0].shape), "dtype": case.dtype, "attrs": kwargs,
+        "case": case.id_at(case.quick_shape) if quick and case.quick_shape else case.id,
+        "suite": case.suite, "op": case.op,
+        "shape": list(inputs[0].shape), "dtype": case.dtype, "attrs": case.kwargs,
         "backend": backend, "device": b.device_key(), "ok": ok, "check": detail,
-        "kernel": chosen[0].name if chosen else "decomposition",
+        "kernel": _kernel_name(chosen),
         "config": repr(chosen[1]) if chosen else "", "flops": flops, "bytes": nbytes,
     }
     if not ok:
         return row
     timer = b.timer()
-    row.update(time_call(lambda: fn(*inputs, **kwargs), timer))
+    row.update(time_call(lambda: fn(*args, **kwargs), timer))
+    row["peak_bytes"] = peak_memory(lambda: fn(*args, **kwargs))
     row["GBps"] = nbytes / row["median_s"] / 1e9
     row["GFLOPs"] = flops / row["median_s"] / 1e9
     ceilings = b.ceilings()
@@ -113,9 +140,11 @@ def run_case(case: Case, backend: str = "cpu", quick: bool = False,
         row["pct_copy_bw"] = 100 * row["GBps"] / ceilings["copy_GBps"]
     row["baselines"] = {}
     for name, f in baseline_fns.items():
-        t = time_call(lambda: f(*inputs, **kwargs), timer)
+        call = functools.partial(f, *args, **kwargs)
+        t = time_call(call, timer)
         row["baselines"][name] = {"median_s": t["median_s"],
-                                  "speedup": t["median_s"] / row["median_s"]}
+                                  "speedup": t["median_s"] / row["median_s"],
+                                  "peak_bytes": peak_memory(call)}
     return row
 
 
@@ -141,16 +170,19 @@ def run(cases: Iterable[Case], backend: str = "cpu", quick: bool = False,
 
 def markdown_table(doc: dict[str, Any]) -> str:
     """The results as a Markdown table: one row per case, speedup against each baseline."""
-    lines = ["| case | kernel | median ms | GB/s | NumPy ms | speedup vs NumPy |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = ["| case | kernel | median ms | GB/s | GFLOP/s | NumPy ms | speedup vs NumPy "
+             "| peak MiB (NumPy) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    mib = 1 << 20
     for r in doc["rows"]:
         if not r["ok"]:
-            lines.append(f"| {r['case']} | {r['kernel']} | FAILED: {r['check']} | | | |")
+            lines.append(f"| {r['case']} | {r['kernel']} | FAILED: {r['check']} | | | | | |")
             continue
         base = r["baselines"].get("numpy")
-        lines.append(f"| {r['case']} | {r['kernel']} | {r['median_s'] * 1e3:.2f} | "
-                     f"{r['GBps']:.1f} | {base['median_s'] * 1e3:.2f} | "
-                     f"{base['speedup']:.2f}x |" if base else
-                     f"| {r['case']} | {r['kernel']} | {r['median_s'] * 1e3:.2f} | "
-                     f"{r['GBps']:.1f} | | |")
+        cells = [r["case"], r["kernel"], f"{r['median_s'] * 1e3:.2f}", f"{r['GBps']:.1f}",
+                 f"{r['GFLOPs']:.1f}",
+                 f"{base['median_s'] * 1e3:.2f}" if base else "",
+                 f"{base['speedup']:.2f}x" if base else "",
+                 f"{r['peak_bytes'] / mib:.1f}" + (f" ({base['peak_bytes'] / mib:.1f})"
+                                                   if base else "")]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

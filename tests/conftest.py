@@ -8,6 +8,14 @@ import pytest
 import tsol
 
 
+def pytest_configure(config):
+    # CUDA kernels run under Numba's simulator unless the real GPU is asked for (-m gpu) or
+    # compile-only mode is on; numba.cuda reads this variable when it is first imported.
+    if (config.getoption("-m") or "").strip() != "gpu" and \
+            os.environ.get("TSOL_CUDA_COMPILE_ONLY", "0") in ("", "0"):
+        os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _poison_outputs():
     with tsol.config.override(poison_outputs=True):

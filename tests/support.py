@@ -13,9 +13,8 @@ import numpy as np
 
 import tsol
 from tsol import dtypes
-from tsol.registry import get_op
-
 from tsol.dtypes import TOLERANCES  # the one table of per-dtype tolerances
+from tsol.registry import get_op
 
 FLOAT_DTYPES = [dtypes.float64, dtypes.float32, dtypes.float16, dtypes.bfloat16]
 INT_DTYPES = [dtypes.int8, dtypes.int32, dtypes.int64, dtypes.uint8]

@@ -10,17 +10,42 @@ Importing ``tsol`` loads no compiler or GPU stack: kernels load on first use.
 
 __version__ = "0.1.0"
 
-from tsol import config, dtypes, errors  # noqa: E402
+from tsol import (  # noqa: E402
+                         config,
+                         dtypes,
+                         errors,
+                         op,  # noqa: E402
+)
 from tsol.backends import available as available_backends  # noqa: E402
-from tsol.dtypes import (bfloat16, bool_, float16, float32, float64, int8, int16,  # noqa: E402
-                         int32, int64, uint8, uint16, uint32, uint64)
-from tsol.errors import (ArgumentError, AxisError, BackendError, CommError,  # noqa: E402
-                         DTypeError, NondeterminismError, ShapeError, TSOLError,
-                         TSOLNotImplementedError)
+from tsol.dtypes import (  # noqa: E402
+                         bfloat16,
+                         bool_,
+                         float16,
+                         float32,
+                         float64,
+                         int8,
+                         int16,
+                         int32,
+                         int64,
+                         uint8,
+                         uint16,
+                         uint32,
+                         uint64,
+)
+from tsol.errors import (  # noqa: E402
+                         ArgumentError,
+                         AxisError,
+                         BackendError,
+                         CommError,
+                         DTypeError,
+                         NondeterminismError,
+                         ShapeError,
+                         TSOLError,
+                         TSOLNotImplementedError,
+)
 from tsol.ops import *  # noqa: E402,F401,F403
 from tsol.ops import __all__ as _op_names  # noqa: E402
 from tsol.registry import coverage  # noqa: E402
-from tsol import op  # noqa: E402
 
 __all__ = list(_op_names) + [
     "config", "dtypes", "errors", "op", "coverage", "available_backends",

@@ -149,7 +149,8 @@ def get_op(name: str) -> OpDef:
     try:
         return OPS[name]
     except KeyError:
-        raise TSOLError(f"tsol: no op named {name!r}. Fix: see tsol.coverage() for the list.") from None
+        raise TSOLError(f"tsol: no op named {name!r}. "
+                        "Fix: see tsol.coverage() for the list.") from None
 
 
 def kernels(op: str, backend: str) -> list[Kernel]:

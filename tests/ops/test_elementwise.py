@@ -446,13 +446,19 @@ VJP_CASES = [
 ]
 
 
-@pytest.mark.parametrize("op,attrs,nin", VJP_CASES,
-                         ids=[f"{op}-{'-'.join(map(str, a.values()))}" for op, a, _ in VJP_CASES])
-def test_vjp(op, attrs, nin, rng):
+BROADCAST_SHAPES = {1: [((3, 4),)], 2: [((3, 4), (3, 4)), ((3, 1), (4,)), ((), (2, 3))],
+                    3: [((3, 4), (3, 4), (3, 4)), ((3, 4), (1, 4), (3, 1))]}
+"""Primal shapes per arity: equal, and broadcast ones whose cotangents must be summed back."""
+
+
+@pytest.mark.parametrize("op,attrs,nin,shapes", [
+    (op, attrs, nin, shapes) for op, attrs, nin in VJP_CASES for shapes in BROADCAST_SHAPES[nin]],
+    ids=[f"{op}-{'-'.join(map(str, a.values()))}-{'_'.join(map(str, s))}"
+         for op, a, n in VJP_CASES for s in BROADCAST_SHAPES[n]])
+def test_vjp(op, attrs, nin, shapes, rng):
     opdef = get_op(op)
     positive = op in ("log", "sqrt", "rsqrt", "power")
-    primals = [rng.uniform(0.2, 2.0, (3, 4)) if positive else rng.uniform(-2, 2, (3, 4))
-               for _ in range(nin)]
+    primals = [rng.uniform(0.2, 2.0, s) if positive else rng.uniform(-2, 2, s) for s in shapes]
     if op == "clip":                     # bounds mostly ordered, some crossing (lo > hi)
         primals[1], primals[2] = primals[1] - 1.0, primals[2] + 0.5
     if op in ("abs", "relu"):

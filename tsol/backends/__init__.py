@@ -7,6 +7,7 @@ from typing import Any, Iterable
 from tsol.backends.base import Backend
 from tsol.backends.cpu import CPUBackend
 from tsol.backends.gpu import CUDABackend, OneAPIBackend, ROCmBackend
+from tsol import config
 from tsol.errors import BackendError
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in
@@ -28,9 +29,17 @@ def available() -> list[str]:
 
 
 def owner(x: Any) -> Backend | None:
-    """The backend whose array type ``x`` is, or None for anything else."""
+    """The backend whose array type ``x`` is, or None for anything else.
+
+    NumPy arrays belong to ``cpu``, unless the default backend keeps its arrays in host memory
+    (``host_arrays()``: the CUDA simulator), which then owns them.
+    """
     for b in BACKENDS.values():
         if b.owns(x):
+            if b.name == "cpu":
+                default = BACKENDS.get(config.get().default_backend)
+                if default is not None and default is not b and default.host_arrays():
+                    return default
             return b
     return None
 

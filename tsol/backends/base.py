@@ -35,6 +35,23 @@ class Backend:
         module = type(x).__module__.split(".", 1)[0]
         return module in self.array_type_modules
 
+    def host_arrays(self) -> bool:
+        """True when this backend runs on NumPy arrays in host memory (the CUDA simulator):
+        as the default backend it then owns NumPy operands."""
+        return False
+
+    def adopt(self, x: Any) -> Any:
+        """``x`` (owned by this backend) as this backend's native array type, zero-copy."""
+        return x
+
+    def export(self, result: Any, like: Any) -> Any:
+        """``result`` in the array type of the caller's operand ``like`` (zero-copy)."""
+        return result
+
+    def data_ptr(self, a: Any) -> int:
+        """Address of ``a``'s first element."""
+        return int(a.__array_interface__["data"][0])
+
     def device_key(self) -> str:
         """Stable string naming the device model and toolchain; keys compile and tuning caches."""
         raise NotImplementedError
@@ -51,7 +68,7 @@ class Backend:
         """Wait for queued work; a no-op on synchronous backends."""
 
     def timer(self) -> Callable[[Callable[[], Any]], float]:
-        """Return ``time(fn) -> seconds`` that times one call of ``fn`` with this backend's clock."""
+        """``time(fn) -> seconds``: one call of ``fn`` timed with this backend's clock."""
         raise NotImplementedError
 
     def ceilings(self) -> dict[str, float]:

@@ -7,6 +7,8 @@ Their modules import the GPU stack only inside methods, so ``import tsol`` stays
 from __future__ import annotations
 
 import importlib.util
+import os
+from typing import Callable
 from typing import Any
 
 from tsol.backends.base import Backend
@@ -36,20 +38,122 @@ class _LazyGPUBackend(Backend):
         return 0
 
 
+def cuda_simulator() -> bool:
+    """True when the CUDA backend keeps arrays in host memory: under Numba's CUDA simulator
+    (``NUMBA_ENABLE_CUDASIM=1``) or in compile-only mode (``TSOL_CUDA_COMPILE_ONLY=1``, kernels
+    compile to PTX and do not run)."""
+    return any(os.environ.get(v, "0") not in ("", "0")
+               for v in ("NUMBA_ENABLE_CUDASIM", "TSOL_CUDA_COMPILE_ONLY"))
+
+
 class CUDABackend(_LazyGPUBackend):
+    """NVIDIA GPUs: CuPy arrays (torch CUDA tensors and other DLPack producers adopted zero-copy),
+    numba-cuda kernels on CuPy's current stream.
+
+    Under Numba's CUDA simulator the backend keeps its arrays in host memory: it runs on NumPy
+    arrays when it is the default backend (``tsol.config.override(default_backend="cuda")``),
+    which is how CI exercises the CUDA kernels without a GPU.
+    """
+
     name = "cuda"
     kernel_package = "tsol.kernels.cuda"
     array_type_modules = ("cupy",)
     requires = ("cupy", "numba.cuda")
     extra = "cuda"
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._ceilings: dict[str, float] | None = None
+
+    def available(self) -> bool:
+        if cuda_simulator():
+            return importlib.util.find_spec("numba.cuda") is not None
+        return super().available()
+
+    def host_arrays(self) -> bool:
+        return cuda_simulator()
+
+    def owns(self, x: Any) -> bool:
+        module = type(x).__module__.split(".", 1)[0]
+        if module == "cupy":
+            return True
+        if module == "torch":
+            return bool(getattr(x, "is_cuda", False))
+        return hasattr(x, "__cuda_array_interface__") and module != "numpy"
+
+    def adopt(self, x: Any) -> Any:
+        if cuda_simulator() or type(x).__module__.split(".", 1)[0] == "cupy" \
+                or not hasattr(x, "shape"):
+            return x
+        import cupy
+        return cupy.from_dlpack(x) if hasattr(x, "__dlpack__") else cupy.asarray(x)
+
+    def export(self, result: Any, like: Any) -> Any:
+        if type(like).__module__.split(".", 1)[0] == "torch" and hasattr(result, "__dlpack__"):
+            import torch
+            return torch.from_dlpack(result)
+        return result
+
     def _device_count(self) -> int:
         import cupy
         return int(cupy.cuda.runtime.getDeviceCount())
 
     def array_module(self) -> Any:
+        if cuda_simulator():
+            import numpy
+            return numpy
         import cupy
         return cupy
+
+    def data_ptr(self, a: Any) -> int:
+        if cuda_simulator():
+            return super().data_ptr(a)
+        return int(a.data.ptr)
+
+    def device_key(self) -> str:
+        if cuda_simulator():
+            return "cuda:host-arrays"
+        import cupy
+        dev = cupy.cuda.Device()
+        props = cupy.cuda.runtime.getDeviceProperties(dev.id)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        return (f"cuda:{name.replace(' ', '_')}:sm{dev.compute_capability}:"
+                f"driver{cupy.cuda.runtime.driverGetVersion()}")
+
+    def synchronize(self) -> None:
+        if not cuda_simulator():
+            import cupy
+            cupy.cuda.get_current_stream().synchronize()
+
+    def timer(self) -> Callable[[Callable[[], Any]], float]:
+        if cuda_simulator():
+            return super().timer()
+        import cupy
+
+        def time_once(fn: Callable[[], Any]) -> float:
+            start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+            start.record()
+            fn()
+            stop.record()
+            stop.synchronize()
+            return cupy.cuda.get_elapsed_time(start, stop) / 1e3
+        return time_once
+
+    def ceilings(self) -> dict[str, float]:
+        """Device copy bandwidth (read + write, GB/s), measured once per process on 1 GiB."""
+        if cuda_simulator():
+            return {}
+        if self._ceilings is None:
+            import cupy
+            src = cupy.ones(1 << 28, cupy.float32)
+            dst = cupy.empty_like(src)
+            timer = self.timer()
+            for _ in range(3):
+                dst[...] = src
+            t = min(timer(lambda: dst.__setitem__(Ellipsis, src)) for _ in range(10))
+            self._ceilings = {"copy_GBps": 2 * src.nbytes / t / 1e9}
+            del src, dst
+        return self._ceilings
 
 
 class ROCmBackend(_LazyGPUBackend):

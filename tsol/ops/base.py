@@ -22,8 +22,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from tsol import backends, config, dtypes
-from tsol.errors import (ArgumentError, BackendError, DTypeError, ShapeError, TSOLError,
-                         TSOLNotImplementedError, op_error)
+from tsol.errors import (
+    ArgumentError,
+    BackendError,
+    DTypeError,
+    ShapeError,
+    TSOLError,
+    TSOLNotImplementedError,
+    op_error,
+)
 from tsol.registry import OpDef, get_op, kernels, register_op
 
 SCALAR_TYPES = (bool, int, float)
@@ -61,7 +68,7 @@ def meta_of(x: Any) -> Meta:
 
 
 def promote(op: str, *operands: Any) -> np.dtype:
-    """Result dtype of operands (arrays, Metas or Python scalars), NumPy rules; raises DTypeError."""
+    """Result dtype of operands (arrays, Metas, Python scalars) by NumPy rules, or DTypeError."""
     items = []
     for o in operands:
         items.append(o.dtype if isinstance(o, Meta) and not o.weak else o)
@@ -216,9 +223,9 @@ def _to_array(x: Any, dt: np.dtype, b: backends.Backend, opdef: OpDef) -> Any:
 
 def _check_out(opdef: OpDef, out: Any, expect: Meta, b: backends.Backend,
                operands: Sequence[Any]) -> None:
-    if not b.owns(out):
+    if backends.owner(out) is not b:
         raise op_error(ArgumentError, opdef.name, f"out= is a {type(out).__name__}, not a "
-                       f"{b.name} array", f"pass an array of the operands' type", [out])
+                       f"{b.name} array", "pass an array of the operands' type", [out])
     got = meta_of(out)
     if got.shape != expect.shape or got.dtype != expect.dtype:
         raise op_error(ShapeError if got.shape != expect.shape else DTypeError, opdef.name,
@@ -233,7 +240,9 @@ def _check_out(opdef: OpDef, out: Any, expect: Meta, b: backends.Backend,
 
 def _poison(a: Any) -> None:
     kind = a.dtype.kind
-    if kind == "f" or a.dtype == dtypes.bfloat16:
+    if a.dtype == dtypes.bfloat16:
+        a.view(np.uint16).fill(0x7FC0)                    # bfloat16 NaN bits
+    elif kind == "f":
         a.fill(np.nan)
     elif kind in "iu":
         a.fill(np.iinfo(a.dtype).max)
@@ -241,13 +250,15 @@ def _poison(a: Any) -> None:
         a.fill(True)
 
 
-def _needs_private_out(out: Any, arrays: Sequence[Any], alias_ok: bool) -> bool:
+def _needs_private_out(out: Any, arrays: Sequence[Any], alias_ok: bool,
+                       b: backends.Backend) -> bool:
     if not out.flags.c_contiguous:
         return True
+    may_share = b.array_module().may_share_memory
     for a in arrays:
-        if a is not None and a.size and np.may_share_memory(out, a):
-            same = (a.__array_interface__["data"][0] == out.__array_interface__["data"][0]
-                    and a.shape == out.shape and a.strides == out.strides and a.dtype == out.dtype)
+        if a is not None and a.size and may_share(out, a):
+            same = (b.data_ptr(a) == b.data_ptr(out) and a.shape == out.shape
+                    and a.strides == out.strides and a.dtype == out.dtype)
             if not (same and alias_ok):
                 return True
     return False
@@ -267,6 +278,34 @@ def call(opdef: OpDef, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
                 _check_operand(opdef, x, operands)
                 for n, x in zip(opdef.inputs, operands, strict=True)]
     b = _backend_for(opdef, _flatten(operands), out)
+    if b.name == "cuda":
+        return _foreign_call(opdef, b, operands, attrs, out)
+    return _run(opdef, b, operands, attrs, out)
+
+
+def _foreign_call(opdef: OpDef, b: backends.Backend, operands: list[Any],
+                  attrs: dict[str, Any], out: Any) -> Any:
+    """Adopt operands of another array type (a torch CUDA tensor) zero-copy, run, and give the
+    result back in the first such operand's type."""
+    like = next((x for x in _flatten(operands) + [out]
+                 if x is not None and not isinstance(x, SCALAR_TYPES)
+                 and b.adopt(x) is not x), None)
+    if like is None:
+        return _run(opdef, b, operands, attrs, out)
+    operands = [tuple(b.adopt(e) for e in x) if isinstance(x, tuple) else
+                None if x is None or isinstance(x, SCALAR_TYPES) else b.adopt(x)
+                for x in operands]
+    result = _run(opdef, b, operands, attrs, None if out is None else b.adopt(out))
+    if out is not None:
+        return out
+    if isinstance(result, (list, tuple)):
+        return type(result)(b.export(r, like) for r in result)
+    return b.export(result, like)
+
+
+def _run(opdef: OpDef, b: backends.Backend, operands: list[Any], attrs: dict[str, Any],
+         out: Any) -> Any:
+    """The eager call once operands are checked and their backend is known."""
     metas = [None if x is None else tuple(meta_of(e) for e in x) if isinstance(x, tuple)
              else meta_of(x) for x in operands]
     if opdef.normalize is not None:
@@ -299,7 +338,7 @@ def call(opdef: OpDef, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
         out[...] = value
         return out
     target = out
-    if target is None or _needs_private_out(target, _flatten(arrays), kern.alias_ok):
+    if target is None or _needs_private_out(target, _flatten(arrays), kern.alias_ok, b):
         target = b.empty(result_meta.shape, result_meta.dtype)
         if config.get().poison_outputs:
             _poison(target)

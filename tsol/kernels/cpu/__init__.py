@@ -1,4 +1,13 @@
 """CPU kernels (Numba ``@njit``), one module per op family; importing this registers them."""
 
-from tsol.kernels.cpu import (attention, elementwise, layout, linalg, loss,  # noqa: F401
-                              normalization, random, reduction, softmax)
+from tsol.kernels.cpu import (  # noqa: F401
+                              attention,
+                              elementwise,
+                              layout,
+                              linalg,
+                              loss,
+                              normalization,
+                              random,
+                              reduction,
+                              softmax,
+)

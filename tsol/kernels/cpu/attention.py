@@ -28,7 +28,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from tsol import dtypes
-from tsol.kernels.cpu.attention_tiles import kind_of, render
+from tsol.kernels.cpu.attention_tiles import render
+from tsol.kernels.cpu.jit import storage_kind
 from tsol.kernels.cpu.scalar import storage_view
 from tsol.ops.attention import default_positions, rope_angles
 from tsol.registry import Config, kernel
@@ -143,7 +144,7 @@ _modules: dict[str, ModuleType] = {}
 
 
 def _kernels(dt: np.dtype) -> ModuleType:
-    kind = kind_of(dt)
+    kind = storage_kind(dt)
     if kind not in _modules:
         _modules[kind] = render("attention", TEMPLATE, kind)
     return _modules[kind]

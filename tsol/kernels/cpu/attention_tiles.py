@@ -10,18 +10,15 @@
 
 from __future__ import annotations
 
-from string import Template
 from types import ModuleType
 from typing import Any
 
-import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from tsol import dtypes
-from tsol.kernels.cpu.jit import generated_module
+from tsol.kernels.cpu.jit import render_template
 
 MR = 4
 """Rows of a register tile: MR x NR accumulators, NR = 128 bytes of the compute dtype."""
@@ -136,9 +133,6 @@ def _row_fold(kind: str) -> Any:
 row_max = _row_fold("max")
 row_sum = _row_fold("sum")
 
-JIT_OPTIONS = "fastmath={'contract'}, error_model='numpy'"
-"""FMA contraction only (keeps NaN/inf semantics); NumPy's error model (log(0) = -inf)."""
-
 # Per storage kind: compute type, element load/store and math. float16 and bfloat16 share the
 # "half" kind: both are uint16 to Numba and a ``bf16`` flag picks the conversion, so one
 # compilation serves both. Every kernel takes that flag; native kinds ignore it.
@@ -185,13 +179,8 @@ def store_half(x, bf16):
 '''
 
 
-def kind_of(dt: np.dtype) -> str:
-    """Storage kind of a float dtype: 'f64', 'f32' or 'half'."""
-    return "half" if dt in dtypes.HALF else "f64" if dt == dtypes.float64 else "f32"
-
-
 def render(family: str, template: str, kind: str) -> ModuleType:
     """Generate and import ``template``'s kernels (after the shared header) for one kind."""
     nr = TILE_BYTES // (8 if kind == "f64" else 4)
-    subs = dict(STORAGE[kind], FAMILY=family, KIND=kind, NR=str(nr), JIT_OPTIONS=JIT_OPTIONS)
-    return generated_module(f"{family}_{kind}", Template(HEADER + template).substitute(subs))
+    return render_template(f"{family}_{kind}", HEADER + template, **STORAGE[kind], FAMILY=family,
+                           KIND=kind, NR=str(nr))

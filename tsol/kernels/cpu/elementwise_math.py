@@ -32,7 +32,7 @@ from numba.np.arrayobj import make_array, populate_array
 
 from tsol import dtypes
 from tsol.kernels.cpu.jit import scalar_jit
-from tsol.kernels.cpu.scalar import exp_f32, f32_as_i32, i32_as_f32, log_f32
+from tsol.kernels.cpu.scalar import exp_f32, f32_as_i32, i32_as_f32, log1p_poly_f32, log_f32
 
 vector_jit = functools.partial(numba.njit, cache=True, error_model="numpy",
                                fastmath={"contract"})
@@ -263,16 +263,7 @@ def pow_small_f32(x, y):
     k = np.float32((top >> np.int32(23)) + kb)
     f = i32_as_f32(ix - top) - np.float32(1.0)
     z = f * f
-    p = np.float32(7.0376836292e-2)
-    p = p * f - np.float32(1.1514610310e-1)
-    p = p * f + np.float32(1.1676998740e-1)
-    p = p * f - np.float32(1.2420140846e-1)
-    p = p * f + np.float32(1.4249322787e-1)
-    p = p * f - np.float32(1.6668057665e-1)
-    p = p * f + np.float32(2.0000714765e-1)
-    p = p * f - np.float32(2.4999993993e-1)
-    p = p * f + np.float32(3.3333331174e-1)
-    ln1pf = f + (p * f * z - np.float32(0.5) * z)
+    ln1pf = f + (log1p_poly_f32(f) * f * z - np.float32(0.5) * z)
     ylm = (y * ln1pf) * np.float32(1.4426950408889634)
     yh = i32_as_f32(f32_as_i32(y) & np.int32(-4096))    # y = yh + yl, 12 bits each
     ph = yh * k

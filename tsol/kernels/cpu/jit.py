@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numba
 from numba.core import caching as _numba_caching
@@ -133,3 +134,21 @@ def generated_module(name: str, source: str) -> ModuleType:
     sys.modules[modname] = module
     spec.loader.exec_module(module)
     return module
+
+
+TEMPLATE_JIT_OPTIONS = "fastmath={'contract'}, error_model='numpy'"
+"""``$JIT_OPTIONS`` of generated kernels: FMA contraction only (it speeds polynomials up and keeps
+NaN/inf semantics) and NumPy's error model (1/0 and log(0) give inf and -inf, not an error)."""
+
+
+def storage_kind(dt: Any) -> str:
+    """Generated-module kind of a float dtype: 'f64', 'f32' or 'half' (float16, bfloat16)."""
+    from tsol import dtypes
+    return "half" if dt in dtypes.HALF else "f64" if dt == dtypes.float64 else "f32"
+
+
+def render_template(name: str, template: str, **subs: str) -> ModuleType:
+    """``generated_module`` of ``template`` with ``$NAME`` fields (and $JIT_OPTIONS) filled."""
+    from string import Template
+    source = Template(template).substitute(subs, JIT_OPTIONS=TEMPLATE_JIT_OPTIONS)
+    return generated_module(name, source)

@@ -24,7 +24,8 @@ import numpy as np
 
 from tsol import dtypes
 from tsol.errors import ArgumentError, op_error
-from tsol.kernels.cpu.attention_tiles import kind_of, render
+from tsol.kernels.cpu.attention_tiles import render
+from tsol.kernels.cpu.jit import storage_kind
 from tsol.kernels.cpu.scalar import storage_view
 from tsol.ops.loss import class_axis
 from tsol.registry import Config, kernel
@@ -96,7 +97,7 @@ _modules: dict[str, ModuleType] = {}
 
 
 def _kernels(dt: np.dtype) -> ModuleType:
-    kind = kind_of(dt)
+    kind = storage_kind(dt)
     if kind not in _modules:
         _modules[kind] = render("loss", TEMPLATE, kind)
     return _modules[kind]

@@ -22,8 +22,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from tsol import dtypes
+from tsol.kernels.cpu.jit import storage_kind
 from tsol.kernels.cpu.scalar import storage_view
-from tsol.kernels.cpu.softmax import kind_of, read_only, render, rows_per_task
+from tsol.kernels.cpu.softmax import read_only, render, rows_per_task
 from tsol.registry import Config, kernel
 
 TEMPLATE = '''
@@ -60,7 +61,7 @@ _modules: dict[str, ModuleType] = {}
 
 
 def _kernels(dt: np.dtype) -> ModuleType:
-    kind = kind_of(dt)
+    kind = storage_kind(dt)
     if kind not in _modules:
         _modules[kind] = render("normalization", TEMPLATE, kind)
     return _modules[kind]

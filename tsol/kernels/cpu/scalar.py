@@ -125,6 +125,20 @@ def exp_f32(x):
 
 
 @scalar_jit
+def log1p_poly_f32(f):
+    """Cephes logf's minimax P(f): log(1 + f) = f - f**2 / 2 + f**3 * P(f) for |f| < 0.42."""
+    y = np.float32(7.0376836292e-2)
+    y = y * f - np.float32(1.1514610310e-1)
+    y = y * f + np.float32(1.1676998740e-1)
+    y = y * f - np.float32(1.2420140846e-1)
+    y = y * f + np.float32(1.4249322787e-1)
+    y = y * f - np.float32(1.6668057665e-1)
+    y = y * f + np.float32(2.0000714765e-1)
+    y = y * f - np.float32(2.4999993993e-1)
+    return y * f + np.float32(3.3333331174e-1)
+
+
+@scalar_jit
 def log_f32(x):
     """log for float32 compute (Cephes logf polynomial); log(0) = -inf, log(<0) = nan."""
     xs = x
@@ -142,16 +156,7 @@ def log_f32(x):
         f = m - np.float32(1.0)
     fe = np.float32(e)
     z = f * f
-    y = np.float32(7.0376836292e-2)
-    y = y * f - np.float32(1.1514610310e-1)
-    y = y * f + np.float32(1.1676998740e-1)
-    y = y * f - np.float32(1.2420140846e-1)
-    y = y * f + np.float32(1.4249322787e-1)
-    y = y * f - np.float32(1.6668057665e-1)
-    y = y * f + np.float32(2.0000714765e-1)
-    y = y * f - np.float32(2.4999993993e-1)
-    y = y * f + np.float32(3.3333331174e-1)
-    y = y * f * z
+    y = log1p_poly_f32(f) * f * z
     y = y + np.float32(-2.12194440e-4) * fe
     y = y - np.float32(0.5) * z
     out = f + y + np.float32(0.693359375) * fe

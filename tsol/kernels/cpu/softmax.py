@@ -26,7 +26,6 @@ makes its whole row NaN.
 from __future__ import annotations
 
 import math
-from string import Template
 from types import ModuleType
 from typing import Any, Sequence
 
@@ -34,16 +33,12 @@ import numba
 import numpy as np
 
 from tsol import dtypes
-from tsol.kernels.cpu.jit import generated_module
+from tsol.kernels.cpu.jit import render_template, storage_kind
 from tsol.kernels.cpu.scalar import storage_view
 from tsol.registry import Config, kernel
 
 LANES = 16
 """Pairwise trees stop halving at this many partial results, then add them in order."""
-
-JIT_OPTIONS = "fastmath={'contract'}, error_model='numpy'"
-"""FMA contraction only (it speeds the exp polynomial up and keeps NaN/inf semantics); NumPy's
-error model, so 1/0 and log(0) give inf and -inf instead of raising."""
 
 # Per storage kind: compute type, exp, and the helpers below. Native kinds compute straight
 # from the input and keep exponentials in ``out``. float16 and bfloat16 share one "half" kind
@@ -282,24 +277,18 @@ def softmax_axis(x, out, log, rows_per_task, width, bf16):
 '''
 
 
-def kind_of(dt: np.dtype) -> str:
-    """Generated-module kind of a float dtype: 'f64', 'f32' or 'half' (float16, bfloat16)."""
-    return "half" if dt in dtypes.HALF else "f64" if dt == dtypes.float64 else "f32"
-
-
 def render(family: str, template: str, kind: str) -> ModuleType:
     """Generate and import ``template``'s kernels (after the shared header) for one kind."""
     spec = STORAGE[kind]
-    subs = dict(spec, FAMILY=family, KIND=kind, LANES=str(LANES), JIT_OPTIONS=JIT_OPTIONS)
-    source = Template(HEADER + HELPERS[spec["HELPERS"]] + template).substitute(subs)
-    return generated_module(f"{family}_{kind}", source)
+    return render_template(f"{family}_{kind}", HEADER + HELPERS[spec["HELPERS"]] + template,
+                           **spec, FAMILY=family, KIND=kind, LANES=str(LANES))
 
 
 _modules: dict[str, ModuleType] = {}
 
 
 def _kernels(dt: np.dtype) -> ModuleType:
-    kind = kind_of(dt)
+    kind = storage_kind(dt)
     if kind not in _modules:
         _modules[kind] = render("softmax", TEMPLATE, kind)
     return _modules[kind]

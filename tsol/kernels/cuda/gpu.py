@@ -1,0 +1,430 @@
+"""The one facade between TSOL's GPU kernels and the GPU compiler (numba-cuda today).
+
+Every CUDA kernel module imports this module as ``gpu`` and uses only its names, inside kernels
+(``gpu.threadIdx.x``, ``gpu.shared_array``, ``gpu.syncthreads``, ``gpu.shfl_down``...) and outside
+(``@gpu.kernel``, ``@gpu.device``, ``gpu.launch``). Swapping in numba-hip (``numba.hip`` is
+API-compatible) or a numba-cuda successor means editing this file alone.
+
+Launching: ``gpu.launch(k, grid, block, args, shared=0)`` compiles ``k`` once per argument
+signature, links it to a cubin and launches that through the CUDA driver on CuPy's current stream,
+packing the arguments into Numba's kernel ABI by hand (no dispatcher, no re-typing per call).
+Cubins are cached on disk under ``<cache_dir>/cuda/<device>/`` keyed by a hash of the kernel
+sources, the signature, the compute capability and the toolchain versions, so a new process
+loads a compiled kernel without importing Numba's compiler (float16/bfloat16 kernels included,
+which Numba's own cache does not store).
+
+Under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) kernels run through the simulator's
+dispatcher on NumPy arrays; warp shuffles and libdevice do not exist there, so the helpers below
+that need them have a simulator twin with the same contract.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from numba import cuda, types
+from numba.np.numpy_support import from_dtype
+
+from tsol import config, dtypes
+
+SIMULATOR = bool(int(os.environ.get("NUMBA_ENABLE_CUDASIM", "0") or 0))
+"""True under Numba's CUDA simulator: kernels run as Python on NumPy arrays."""
+COMPILE_ONLY = not SIMULATOR and os.environ.get("TSOL_CUDA_COMPILE_ONLY", "0") not in ("", "0")
+"""True in compile-only mode (``TSOL_CUDA_COMPILE_ONLY=1``, no GPU needed): ``launch`` compiles
+each new signature to PTX for sm_90 and runs nothing; arrays are NumPy arrays. CI uses it to check
+that every kernel signature the tests reach compiles for the H100."""
+HOST_ARRAYS = SIMULATOR or COMPILE_ONLY
+PTX_CC = (9, 0)
+
+KERNEL_DIR = Path(__file__).resolve().parent
+WARP = 32
+
+# --- names used inside kernels ------------------------------------------------------------------
+_KERNEL_NAMES = {
+    "threadIdx": "threadIdx", "blockIdx": "blockIdx", "blockDim": "blockDim",
+    "gridDim": "gridDim", "grid": "grid", "gridsize": "gridsize", "syncthreads": "syncthreads",
+    "shared_array": "shared.array", "local_array": "local.array", "atomic_add": "atomic.add",
+    "atomic_max": "atomic.max", "atomic_cas": "atomic.compare_and_swap",
+}
+"""Facade name -> numba.cuda attribute. ``gpu.shared_array(shape, dtype)``: shape 0 is the
+dynamic shared memory given at launch."""
+
+
+def _resolve(root: Any, path: str) -> Any:
+    for part in path.split("."):
+        root = getattr(root, part)
+    return root
+
+
+if SIMULATOR:
+    def __getattr__(name: str) -> Any:
+        # The simulator builds a fake ``cuda`` module per launch and only swaps it into globals
+        # that name numba.cuda itself; kernels reach it through this module-level hook instead.
+        if name in _KERNEL_NAMES:
+            from numba.cuda.simulator.kernel import _get_kernel_context
+            ctx = _get_kernel_context()
+            if ctx is None:
+                raise AttributeError(f"gpu.{name} exists only inside a running kernel")
+            return _resolve(ctx, _KERNEL_NAMES[name])
+        raise AttributeError(name)
+else:
+    for _name, _path in _KERNEL_NAMES.items():
+        globals()[_name] = _resolve(cuda, _path)
+    atomic_cas = cuda.atomic.cas
+    shfl_down = cuda.shfl_down_sync
+    shfl_xor = cuda.shfl_xor_sync
+    syncwarp = cuda.syncwarp
+    libdevice = cuda.libdevice
+declare_device = cuda.declare_device
+
+
+def device(fn: Callable[..., Any]) -> Any:
+    """A device function, inlined into the kernels that call it."""
+    if SIMULATOR:
+        return cuda.jit(device=True)(fn)
+    return cuda.jit(device=True, inline="always")(fn)
+
+
+# --- bit casts and half-precision storage ---------------------------------------------------------
+if SIMULATOR:
+    @cuda.jit(device=True)
+    def f32_from_bits(i):
+        """The float32 whose bit pattern is the int32 ``i``."""
+        return np.array(int(i) & 0xFFFFFFFF, np.uint32).view(np.float32)[()]
+
+    @cuda.jit(device=True)
+    def f32_to_bits(x):
+        """The bit pattern of float32 ``x`` as an int32."""
+        return np.int32(np.array(x, np.float32).view(np.int32)[()])
+else:
+    @device
+    def f32_from_bits(i):
+        return cuda.libdevice.int_as_float(np.int32(i))
+
+    @device
+    def f32_to_bits(x):
+        return cuda.libdevice.float_as_int(np.float32(x))
+
+
+@device
+def load_bf16(u):
+    """float32 value of the bfloat16 bits ``u`` (uint16 storage)."""
+    return f32_from_bits(np.int32(u) << np.int32(16))
+
+
+@device
+def store_bf16(x):
+    """bfloat16 bits (uint16) of float32 ``x``, rounded to nearest even; NaN stays NaN."""
+    if x != x:
+        return np.uint16(0x7FC0)
+    b = f32_to_bits(np.float32(x))
+    b = b + np.int32(0x7FFF) + ((b >> np.int32(16)) & np.int32(1))
+    return np.uint16((b >> np.int32(16)) & np.int32(0xFFFF))
+
+
+@device
+def load_f16(h):
+    return np.float32(h)
+
+
+@device
+def store_f16(x):
+    return np.float16(x)
+
+
+def storage(dt: Any) -> tuple[np.dtype, Any, Any]:
+    """(array dtype the kernel sees, load, store) for a TSOL dtype: bfloat16 travels as uint16."""
+    dt = np.dtype(dt)
+    if dt == dtypes.bfloat16:
+        return np.dtype(np.uint16), load_bf16, store_bf16
+    if dt == np.float16:
+        return dt, load_f16, store_f16
+    return dt, None, None
+
+
+def kernel_view(a: Any) -> Any:
+    """``a`` as the kernel sees it: bfloat16 arrays reinterpreted as uint16."""
+    if a is not None and getattr(a, "dtype", None) == dtypes.bfloat16:
+        return a.view(np.uint16)
+    return a
+
+
+# --- warp and block reductions --------------------------------------------------------------
+if SIMULATOR:
+    def _sim(name: str) -> Any:
+        return __getattr__(name)
+
+    def _warp_reduce(op: Callable[[Any, Any], Any]) -> Any:
+        @cuda.jit(device=True)
+        def reduce(v, scratch):
+            # Shared-memory twin of the shuffle tree: lanes publish, then fold pairwise.
+            tid = _sim("threadIdx").x
+            lane = tid % WARP
+            base = tid - lane
+            scratch[tid] = v
+            _sim("syncthreads")()
+            off = WARP // 2
+            while off > 0:
+                if lane < off:
+                    scratch[base + lane] = op(scratch[base + lane], scratch[base + lane + off])
+                _sim("syncthreads")()
+                off //= 2
+            r = scratch[base]
+            _sim("syncthreads")()
+            return r
+        return reduce
+else:
+    def _warp_reduce(op: Callable[[Any, Any], Any]) -> Any:
+        op_dev = device(op)
+
+        @device
+        def reduce(v, scratch):
+            off = WARP // 2
+            while off > 0:
+                v = op_dev(v, cuda.shfl_xor_sync(0xFFFFFFFF, v, off))
+                off //= 2
+            return v
+        return reduce
+
+warp_sum = _warp_reduce(lambda a, b: a + b)
+"""``warp_sum(v, scratch)``: the sum over the 32 lanes, in every lane, in a fixed order.
+``scratch`` is a shared array of blockDim.x values (used only under the simulator); every thread
+of the block must call it."""
+warp_max = _warp_reduce(lambda a, b: a if a > b or b != b else b)
+"""``warp_max(v, scratch)``: like warp_sum; NaN wins."""
+
+
+# --- kernels and launching ------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def sources_stamp() -> str:
+    """Hash of the GPU kernel sources (Python and linked CUDA) and the toolchain versions."""
+    import numba
+
+    from tsol import __version__
+    try:
+        from importlib.metadata import version
+        ncuda = version("numba-cuda")
+    except Exception:  # noqa: BLE001 - an uninstalled distribution only weakens the key
+        ncuda = "?"
+    h = hashlib.sha256(f"{__version__}|{numba.__version__}|{ncuda}".encode())
+    for path in sorted(KERNEL_DIR.rglob("*")):
+        if path.suffix in (".py", ".cu", ".cuh"):
+            h.update(path.name.encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+class Kernel:
+    """A GPU kernel: the Python function, linked CUDA sources and compile options.
+
+    Compiled lazily per argument signature by ``launch``; ``compile_ptx(argtypes)`` gives PTX
+    without a GPU (the CI check that every signature compiles for sm_90).
+    """
+
+    def __init__(self, fn: Callable[..., Any], link: Sequence[str] = (),
+                 fastmath: bool = False, max_registers: int | None = None) -> None:
+        self.fn = fn
+        self.name = f"{fn.__module__.rsplit('.', 1)[-1]}.{fn.__name__}"
+        self.link = [str(KERNEL_DIR / p) for p in link]
+        self.fastmath = fastmath
+        self.max_registers = max_registers
+        self._dispatcher: Any = None
+        self._launchers: dict[tuple[Any, ...], Callable[..., None]] = {}
+        functools.update_wrapper(self, fn)
+
+    def dispatcher(self) -> Any:
+        if self._dispatcher is None:
+            opts: dict[str, Any] = {}
+            if not SIMULATOR:
+                opts = dict(fastmath=self.fastmath, link=self.link, lineinfo=False)
+                if self.max_registers:
+                    opts["max_registers"] = self.max_registers
+            self._dispatcher = cuda.jit(**opts)(self.fn)
+        return self._dispatcher
+
+    def compile_ptx(self, argtypes: Sequence[Any], cc: tuple[int, int] = (9, 0)) -> str:
+        """PTX of this kernel for ``argtypes`` (Numba types) at compute capability ``cc``."""
+        ptx, _ = cuda.compile_ptx(self.fn, tuple(argtypes), cc=cc, fastmath=self.fastmath)
+        return ptx
+
+    def __call__(self, *args: Any) -> Any:
+        raise TypeError(f"{self.name} is a GPU kernel: run it with gpu.launch(...)")
+
+
+def kernel(fn: Callable[..., Any] | None = None, *, link: Sequence[str] = (),
+           fastmath: bool = False, max_registers: int | None = None) -> Any:
+    """Decorator: a GPU kernel (``@gpu.kernel`` or ``@gpu.kernel(link=["mma.cu"])``)."""
+    if fn is None:
+        return lambda f: Kernel(f, link, fastmath, max_registers)
+    return Kernel(fn, link, fastmath, max_registers)
+
+
+_SCALARS = {bool: types.boolean, int: types.int64, float: types.float64,
+            np.float32: types.float32, np.float64: types.float64, np.int32: types.int32,
+            np.int64: types.int64, np.uint32: types.uint32, np.uint64: types.uint64,
+            np.bool_: types.boolean}
+
+
+def arg_key(a: Any) -> Any:
+    """A hashable description of one kernel argument: its Numba type's ingredients."""
+    t = type(a)
+    if t in _SCALARS:
+        return t
+    flags = a.flags
+    return (a.dtype.str, a.ndim, "C" if flags.c_contiguous else "A")
+
+
+def numba_type(key: Any) -> Any:
+    if not isinstance(key, tuple):
+        return _SCALARS[key]
+    dt, ndim, layout = key
+    return types.Array(from_dtype(np.dtype(dt)), ndim, layout)
+
+
+def _cache_dir(cc: tuple[int, int]) -> Path:
+    return Path(config.get().cache_dir) / "cuda" / f"sm{cc[0]}{cc[1]}"
+
+
+class _Launcher:
+    """One compiled signature: a CUfunction and the packing of arguments into Numba's ABI."""
+
+    def __init__(self, kern: Kernel, key: tuple[Any, ...]) -> None:
+        import cupy
+        self.cupy = cupy
+        self.driver = cupy.cuda.driver
+        dev = cupy.cuda.Device()
+        cc = tuple(int(c) for c in dev.compute_capability)
+        cc = (cc[0], cc[1]) if len(cc) == 2 else (int(dev.compute_capability[:-1]),
+                                                    int(dev.compute_capability[-1]))
+        digest = hashlib.sha256(repr((sources_stamp(), kern.name, key, cc,
+                                      kern.fastmath, kern.max_registers)).encode()).hexdigest()
+        folder = _cache_dir(cc)
+        stem = folder / f"{kern.name}-{digest[:20]}"
+        meta_path, cubin_path = stem.with_suffix(".json"), stem.with_suffix(".cubin")
+        if meta_path.exists() and cubin_path.exists():
+            entry = json.loads(meta_path.read_text())["entry"]
+            cubin = cubin_path.read_bytes()
+        else:
+            argtypes = tuple(numba_type(k) for k in key)
+            compiled = kern.dispatcher().compile(argtypes)
+            entry = compiled.entry_name
+            cubin = compiled._codelibrary.get_cubin(cc=cc)
+            folder.mkdir(parents=True, exist_ok=True)
+            for path, data in ((cubin_path, bytes(cubin)),
+                               (meta_path, json.dumps({"entry": entry}).encode())):
+                fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, path)
+        self.module = self.driver.moduleLoadData(bytes(cubin))
+        self.func = self.driver.moduleGetFunction(self.module, entry)
+        self.shared_limit = 48 * 1024
+        # Argument slots: 8 bytes each (Numba passes every array field and scalar as one slot).
+        self.packers = [self._packer(k) for k in key]
+        nslots = sum(n for n, _ in self.packers)
+        self.local = threading.local()
+        self.nslots = nslots
+
+    @staticmethod
+    def _packer(key: Any) -> tuple[int, Callable[[Any, list[Any]], None]]:
+        if not isinstance(key, tuple):
+            if key in (float, np.float64):
+                return 1, lambda a, out: out.append(np.float64(a).view(np.uint64))
+            if key is np.float32:
+                return 1, lambda a, out: out.append(np.uint64(np.float32(a).view(np.uint32)))
+            return 1, lambda a, out: out.append(int(a) & 0xFFFFFFFFFFFFFFFF)
+        _, ndim, _ = key
+
+        def pack(a: Any, out: list[Any]) -> None:
+            out += (0, 0, a.size, a.itemsize, a.data.ptr)
+            out += a.shape
+            out += a.strides
+        return 5 + 2 * ndim, pack
+
+    def buffers(self) -> tuple[np.ndarray, np.ndarray]:
+        bufs = getattr(self.local, "bufs", None)
+        if bufs is None:
+            values = np.zeros(max(self.nslots, 1), np.uint64)
+            ptrs = values.ctypes.data + 8 * np.arange(len(values), dtype=np.uint64)
+            bufs = self.local.bufs = (values, ptrs)
+        return bufs
+
+    def __call__(self, grid: tuple[int, int, int], block: tuple[int, int, int], shared: int,
+                 args: Sequence[Any]) -> None:
+        flat: list[Any] = []
+        for (_, pack), a in zip(self.packers, args):
+            pack(a, flat)
+        values, ptrs = self.buffers()
+        values[:len(flat)] = [int(v) & 0xFFFFFFFFFFFFFFFF for v in flat]
+        if shared > self.shared_limit:
+            self.driver.funcSetAttribute(self.func, 8, shared)  # MAX_DYNAMIC_SHARED_SIZE_BYTES
+            self.shared_limit = shared
+        stream = self.cupy.cuda.get_current_stream().ptr
+        self.driver.launchKernel(self.func, grid[0], grid[1], grid[2], block[0], block[1],
+                                 block[2], shared, stream, ptrs.ctypes.data, 0)
+
+
+def _dim3(d: Any) -> tuple[int, int, int]:
+    if isinstance(d, int):
+        return (d, 1, 1)
+    d = tuple(int(x) for x in d)
+    return d + (1,) * (3 - len(d))
+
+
+def launch(kern: Kernel, grid: Any, block: Any, args: Sequence[Any], shared: int = 0) -> None:
+    """Run ``kern`` on ``grid`` x ``block`` threads with ``args`` (arrays and scalars).
+
+    Arrays must be CuPy arrays (NumPy arrays under the simulator); bfloat16 arrays go in as their
+    ``kernel_view``. ``shared`` is the dynamic shared memory in bytes.
+    """
+    grid, block = _dim3(grid), _dim3(block)
+    if min(grid) <= 0:
+        return
+    if COMPILE_ONLY:
+        key = tuple(arg_key(a) for a in args)
+        if key not in kern._launchers:
+            kern.compile_ptx([numba_type(k) for k in key], PTX_CC)
+            kern._launchers[key] = lambda *a: None
+            COMPILED.append((kern.name, key))
+        return
+    if SIMULATOR:
+        # Hand the simulator our NumPy memory as its device arrays: no copies, any strides.
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+        args = [FakeCUDAArray(a) if isinstance(a, np.ndarray) else a for a in args]
+        kern.dispatcher()[grid, block, 0, shared](*args)
+        return
+    key = tuple(arg_key(a) for a in args)
+    launcher = kern._launchers.get(key)
+    if launcher is None:
+        launcher = kern._launchers[key] = _Launcher(kern, key)
+    launcher(grid, block, shared, args)
+
+
+COMPILED: list[tuple[str, tuple[Any, ...]]] = []
+"""(kernel, signature) pairs compiled to PTX in compile-only mode, in order."""
+
+
+def array_module() -> Any:
+    """NumPy under the simulator and in compile-only mode, else CuPy."""
+    if HOST_ARRAYS:
+        return np
+    import cupy
+    return cupy
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+__all__ = ["SIMULATOR", "COMPILE_ONLY", "HOST_ARRAYS", "WARP", "declare_device", "device",
+           "f32_from_bits", "f32_to_bits", "load_bf16", "store_bf16", "load_f16", "store_f16",
+           "storage", "kernel_view", "warp_sum", "warp_max", "kernel", "Kernel", "launch",
+           "arg_key", "numba_type", "array_module", "cdiv"]
