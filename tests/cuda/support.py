@@ -30,6 +30,8 @@ HOST = SIMULATOR or COMPILE_ONLY
 
 needs_cuda = pytest.mark.skipif(not HOST and not tsol.backends.get("cuda").available(),
                                 reason="no CUDA device, simulator or compile-only mode")
+CUDA_TESTS = [needs_cuda, pytest.mark.gpu]
+"""``pytestmark = CUDA_TESTS`` in every CUDA test module: simulator in CI, real GPU with -m gpu."""
 
 
 def size(tiny: int, real: int) -> int:

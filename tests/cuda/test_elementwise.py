@@ -9,7 +9,6 @@ from tests.cuda.support import (
     COMPILE_ONLY,
     assert_equal,
     check,
-    needs_cuda,
     on_cuda,
     run,
     size,
@@ -18,7 +17,7 @@ from tests.cuda.support import (
 )
 from tests.support import FLOAT_DTYPES, dtype_id, rand, reference
 
-pytestmark = needs_cuda
+pytestmark = CUDA_TESTS
 
 UNARY = ["exp", "log", "sqrt", "rsqrt", "sin", "cos", "tanh", "sigmoid", "silu", "neg", "abs",
          "relu"]

@@ -1,4 +1,10 @@
 """CUDA kernels (numba-cuda through the ``gpu`` facade), one module per op family; importing this
 registers them."""
 
-from tsol.kernels.cuda import elementwise  # noqa: F401
+import importlib
+
+FAMILIES = ("elementwise", "reduction", "softmax", "normalization", "layout", "random", "linalg",
+            "attention", "loss")
+
+for _family in FAMILIES:
+    importlib.import_module(f"tsol.kernels.cuda.{_family}")

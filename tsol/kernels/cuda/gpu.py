@@ -240,6 +240,12 @@ class Kernel:
         self._launchers: dict[tuple[Any, ...], Callable[..., None]] = {}
         functools.update_wrapper(self, fn)
 
+    def constants(self) -> tuple[str, ...]:
+        """What a kernel made by a factory closes over (tile sizes...): part of its cache key."""
+        cells = self.fn.__closure__ or ()
+        return tuple(repr(c.cell_contents) for c in cells
+                     if isinstance(c.cell_contents, (int, float, bool, str, tuple)))
+
     def dispatcher(self) -> Any:
         if self._dispatcher is None:
             opts: dict[str, Any] = {}
@@ -304,7 +310,7 @@ class _Launcher:
         cc = tuple(int(c) for c in dev.compute_capability)
         cc = (cc[0], cc[1]) if len(cc) == 2 else (int(dev.compute_capability[:-1]),
                                                     int(dev.compute_capability[-1]))
-        digest = hashlib.sha256(repr((sources_stamp(), kern.name, key, cc,
+        digest = hashlib.sha256(repr((sources_stamp(), kern.name, kern.constants(), key, cc,
                                       kern.fastmath, kern.max_registers)).encode()).hexdigest()
         folder = _cache_dir(cc)
         stem = folder / f"{kern.name}-{digest[:20]}"

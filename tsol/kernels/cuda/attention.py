@@ -1,0 +1,1 @@
+"""CUDA kernels for the attention ops (in progress)."""

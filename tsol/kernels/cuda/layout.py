@@ -1,0 +1,1 @@
+"""CUDA kernels for the layout ops (in progress)."""

@@ -1,0 +1,1 @@
+"""CUDA kernels for the linalg ops (in progress)."""

@@ -1,0 +1,1 @@
+"""CUDA kernels for the loss ops (in progress)."""

@@ -1,0 +1,1 @@
+"""CUDA kernels for the normalization ops (in progress)."""

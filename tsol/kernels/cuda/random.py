@@ -1,0 +1,1 @@
+"""CUDA kernels for the random ops (in progress)."""

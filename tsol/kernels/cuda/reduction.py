@@ -1,0 +1,1 @@
+"""CUDA kernels for the reduction ops (in progress)."""

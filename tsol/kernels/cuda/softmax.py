@@ -1,0 +1,1 @@
+"""CUDA kernels for the softmax ops (in progress)."""
