@@ -7,6 +7,7 @@ import pytest
 import tsol
 from tests.cuda.support import (
     COMPILE_ONLY,
+    CUDA_TESTS,
     assert_equal,
     check,
     on_cuda,
