@@ -264,8 +264,58 @@ def _needs_private_out(out: Any, arrays: Sequence[Any], alias_ok: bool,
     return False
 
 
+class _Plan:
+    """What a call's signature decided, reused by later calls with the same signature: where
+    each operand comes from, the scalar dtypes, the normalized attrs, result meta and kernel."""
+
+    __slots__ = ("sources", "scalar_dtypes", "attrs", "shape", "dtype", "kern", "cfg", "b")
+
+    def __init__(self, **fields: Any) -> None:
+        for k, v in fields.items():
+            setattr(self, k, v)
+
+
+_plans: dict[Any, _Plan] = {}
+_ARRAY_TYPES: dict[type, bool] = {}
+
+
+def _signature_key(opdef: OpDef, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+    """A hashable key of everything a plan depends on, or None when the call is not plannable
+    (unhashable attrs, foreign array types, out=, capture)."""
+    parts: list[Any] = [id(opdef), config.get(), selector]
+    for a in args:
+        t = type(a)
+        native = _ARRAY_TYPES.get(t)
+        if native is None:
+            b = backends.owner(a) if hasattr(a, "shape") else None
+            native = _ARRAY_TYPES[t] = (b is not None and b.adopt(a) is a
+                                        and hasattr(a, "strides") and hasattr(a, "flags"))
+        if native:
+            parts.append((t, a.shape, a.dtype, a.strides))
+        elif t in (int, float, bool):
+            parts.append((t, a))              # a positional attr (axis) matters by value
+        else:
+            return None
+    for k, v in kwargs.items():
+        if k == "out" or hasattr(v, "shape") or isinstance(v, (list, dict)):
+            return None
+        parts.append((k, v))
+    if capture_hook is not None:
+        return None
+    parts.append(backends.BACKENDS.get(config.get().default_backend))
+    try:
+        return tuple(parts), hash(tuple(parts))
+    except TypeError:
+        return None
+
+
 def call(opdef: OpDef, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     """Run ``opdef`` eagerly (or record it while capturing); the body of every public op."""
+    key = _signature_key(opdef, args, kwargs) if not opdef.extra else None
+    if key is not None:
+        plan = _plans.get(key[0])
+        if plan is not None:
+            return _run_plan(plan, args, kwargs)
     operands, attrs, out = bind(opdef, args, kwargs)
     if capture_hook is not None:
         recorded = capture_hook(opdef, operands, dict(attrs, out=out))
@@ -280,7 +330,55 @@ def call(opdef: OpDef, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     b = _backend_for(opdef, _flatten(operands), out)
     if b.name == "cuda":
         return _foreign_call(opdef, b, operands, attrs, out)
+    if key is not None:
+        return _run(opdef, b, operands, attrs, out, (key[0], args, kwargs))
     return _run(opdef, b, operands, attrs, out)
+
+
+def _run_plan(plan: _Plan, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+    """The eager call by a plan: operands gathered, scalars converted, output allocated."""
+    arrays = []
+    for src, dt in zip(plan.sources, plan.scalar_dtypes):
+        x = args[src] if isinstance(src, int) else kwargs.get(src) if src else None
+        arrays.append(x if dt is None else plan.b.array_module().asarray(x, dtype=dt))
+    # (A scalar that does not fit its dtype never gets here: its key differs by value and the
+    # first call with that value raised a DTypeError without storing a plan.)
+    if plan.kern.allocates:
+        return plan.kern.impl(*arrays, config=plan.cfg, **plan.attrs)
+    target = plan.b.empty(plan.shape, plan.dtype)
+    if config.get().poison_outputs:
+        _poison(target)
+    plan.kern.impl(*arrays, out=target, config=plan.cfg, **plan.attrs)
+    return target
+
+
+def _remember(opdef: OpDef, site: tuple[Any, Sequence[Any], dict[str, Any]], b: Any,
+              operands: Sequence[Any], arrays: Sequence[Any], attrs: dict[str, Any],
+              result_meta: Any, kern: Any, cfg: Any) -> None:
+    """Store the plan of a call that ran a kernel: each operand's position in args/kwargs."""
+    key, args, kwargs = site
+    sources: list[Any] = []
+    params = list(opdef.signature.parameters)
+    for name, x in zip(opdef.inputs, operands):
+        pos: Any = params.index(name)
+        if pos >= len(args):
+            pos = name if name in kwargs else None
+        given = args[pos] if isinstance(pos, int) else kwargs.get(pos) if pos else None
+        if given is not x and not isinstance(given, SCALAR_TYPES):
+            return                            # converted on the way in: no plan
+        sources.append(pos)
+    scalar_dtypes = [np.dtype(a.dtype) if isinstance(x, SCALAR_TYPES) else None
+                     for x, a in zip(operands, arrays)]
+    if isinstance(result_meta, (list, tuple)):
+        if not kern.allocates:
+            return
+        shape = dtype = None
+    else:
+        shape, dtype = result_meta.shape, result_meta.dtype
+    if len(_plans) > 4096:
+        _plans.clear()
+    _plans[key] = _Plan(sources=sources, scalar_dtypes=scalar_dtypes, attrs=dict(attrs),
+                        shape=shape, dtype=dtype, kern=kern, cfg=cfg, b=b)
 
 
 def _foreign_call(opdef: OpDef, b: backends.Backend, operands: list[Any],
@@ -304,8 +402,9 @@ def _foreign_call(opdef: OpDef, b: backends.Backend, operands: list[Any],
 
 
 def _run(opdef: OpDef, b: backends.Backend, operands: list[Any], attrs: dict[str, Any],
-         out: Any) -> Any:
-    """The eager call once operands are checked and their backend is known."""
+         out: Any, site: Any = None) -> Any:
+    """The eager call once operands are checked and their backend is known; ``site`` (plan
+    key, args, kwargs) asks to remember the decisions for later calls of this signature."""
     metas = [None if x is None else tuple(meta_of(e) for e in x) if isinstance(x, tuple)
              else meta_of(x) for x in operands]
     if opdef.normalize is not None:
@@ -331,6 +430,8 @@ def _run(opdef: OpDef, b: backends.Backend, operands: list[Any], attrs: dict[str
         return out
 
     kern, cfg = chosen
+    if site is not None and out is None:
+        _remember(opdef, site, b, operands, arrays, attrs, result_meta, kern, cfg)
     if kern.allocates:
         value = kern.impl(*arrays, config=cfg, **attrs)
         if out is None:
