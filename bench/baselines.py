@@ -103,7 +103,51 @@ NUMPY: dict[str, Callable[..., Any]] = {
 }
 """NumPy's own ufunc or reduction where one exists, else the composed NumPy expression."""
 
-BASELINES = {"numpy": NUMPY}
+def _torch_table() -> dict[str, Callable[..., Any]]:
+    """PyTorch's eager calls on CuPy inputs (zero-copy through DLPack), when torch is installed."""
+    try:
+        import torch
+        import torch.nn.functional as tf
+    except ImportError:
+        return {}
+
+    def t(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            conv = [torch.from_dlpack(a) if hasattr(a, "__dlpack__") else a for a in args]
+            kw = {k: torch.from_dlpack(v) if hasattr(v, "__dlpack__") else v
+                  for k, v in kwargs.items()}
+            return fn(*conv, **kw)
+        return run
+
+    def layernorm(x, g, b):
+        return tf.layer_norm(x, (x.shape[-1],), g, b)
+
+    def rmsnorm(x, g):
+        return tf.rms_norm(x, (x.shape[-1],), g, eps=1e-6)
+
+    def sdpa(q, k, v, *, causal=False, scale=None):
+        return tf.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+
+    def matmul(a, b, *, bias=None, epilogue=None, tile_shape=None):
+        y = a @ b
+        if bias is not None:
+            y = tf.gelu(y + bias) if epilogue and "gelu" in epilogue else y + bias
+        return y
+
+    table = {"softmax": lambda x, axis=-1: torch.softmax(x, axis),
+             "log_softmax": lambda x, axis=-1: torch.log_softmax(x, axis),
+             "layernorm": layernorm, "rmsnorm": rmsnorm, "exp": torch.exp, "add": torch.add,
+             "multiply": torch.mul, "gelu": lambda x, approximate="none": tf.gelu(
+                 x, approximate=approximate), "sum": lambda x, axis=None: torch.sum(
+                 x, axis) if axis is not None else torch.sum(x),
+             "flash_attention": sdpa, "matmul": matmul,
+             "cross_entropy": lambda x, tgt: tf.cross_entropy(x, tgt)}
+    return {k: t(v) for k, v in table.items()}
+
+
+BASELINES = {"numpy": NUMPY, "cupy": NUMPY}
+"""The cupy baseline is the NumPy expression on CuPy arrays (NumPy dispatches to CuPy)."""
+BASELINES["torch"] = _torch_table()
 
 DIFFERENT_STREAM = {"dropout"}
 """Ops whose baseline draws other random numbers: its result is no accuracy yardstick."""

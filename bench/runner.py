@@ -93,6 +93,34 @@ def peak_memory(fn: Callable[[], Any]) -> int:
         tracemalloc.stop()
 
 
+def to_backend(x: Any, b: Any) -> Any:
+    """A host input as ``b``'s array (CuPy for cuda); scalars and NumPy for cpu unchanged."""
+    if b.name == "cpu" or not isinstance(x, np.ndarray) or b.host_arrays():
+        return x
+    return b.array_module().asarray(x)
+
+
+def to_host(x: Any) -> Any:
+    if hasattr(x, "get") and type(x).__module__.startswith("cupy"):
+        return x.get()
+    if type(x).__module__.startswith("torch"):
+        return x.detach().cpu().float().numpy() if str(x.dtype) == "torch.bfloat16" \
+            else x.detach().cpu().numpy()
+    return x
+
+
+def baselines_for(case: Case, b: Any) -> dict[str, Callable[..., Any]]:
+    """The baseline callables for ``case`` on backend ``b``, by library name (installed ones)."""
+    names = case.baselines if b.name == "cpu" else ("cupy", "torch")
+    out = {}
+    for name in names:
+        table = BASELINES.get(name)
+        if table is None or case.op not in table:
+            continue
+        out[name] = table[case.op]
+    return out
+
+
 def _kernel_name(chosen: Any) -> str:
     """The kernel that runs: a config naming a vendor hands the call to that candidate."""
     if not chosen:
@@ -107,16 +135,16 @@ def run_case(case: Case, backend: str = "cpu", quick: bool = False,
     rng = rng or np.random.default_rng(0)
     b = backends.get(backend)
     inputs = case.make_inputs(rng, quick)
-    args, kwargs = case.call_args(inputs)
+    host_args, host_kwargs = case.call_args(inputs)
+    args, kwargs = case.call_args([to_backend(x, b) for x in inputs])
     fn = getattr(tsol, case.op)
     opdef = get_op(case.op)
-    got = fn(*args, **kwargs)
-    ref = reference(case.op, args, kwargs)
+    got = to_host(fn(*args, **kwargs))
+    ref = reference(case.op, host_args, host_kwargs)
     operands, attrs = bound_call(case.op, args, kwargs)
-    baseline_fns = {name: BASELINES[name][case.op] for name in case.baselines
-                    if case.op in BASELINES.get(name, {})}
-    base_out = {name: f(*args, **kwargs) for name, f in baseline_fns.items()}
-    ok, detail = check(case, got, base_out.get("numpy"), ref)
+    baseline_fns = baselines_for(case, b)
+    base_out = {name: to_host(f(*args, **kwargs)) for name, f in baseline_fns.items()}
+    ok, detail = check(case, got, next(iter(base_out.values()), None), ref)
     metas = [None if o is None else meta_of(o) for o in operands]
     chosen = select(opdef, backend, metas, attrs)
     flops, nbytes = opdef.cost(*metas, out=meta_of(got), **attrs)
@@ -132,7 +160,8 @@ def run_case(case: Case, backend: str = "cpu", quick: bool = False,
         return row
     timer = b.timer()
     row.update(time_call(lambda: fn(*args, **kwargs), timer))
-    row["peak_bytes"] = peak_memory(lambda: fn(*args, **kwargs))
+    if backend == "cpu":
+        row["peak_bytes"] = peak_memory(lambda: fn(*args, **kwargs))
     row["GBps"] = nbytes / row["median_s"] / 1e9
     row["GFLOPs"] = flops / row["median_s"] / 1e9
     ceilings = b.ceilings()
@@ -143,8 +172,9 @@ def run_case(case: Case, backend: str = "cpu", quick: bool = False,
         call = functools.partial(f, *args, **kwargs)
         t = time_call(call, timer)
         row["baselines"][name] = {"median_s": t["median_s"],
-                                  "speedup": t["median_s"] / row["median_s"],
-                                  "peak_bytes": peak_memory(call)}
+                                  "speedup": t["median_s"] / row["median_s"]}
+        if backend == "cpu":
+            row["baselines"][name]["peak_bytes"] = peak_memory(call)
     return row
 
 
@@ -157,7 +187,11 @@ def run(cases: Iterable[Case], backend: str = "cpu", quick: bool = False,
     for i, case in enumerate(cases, 1):
         if progress:
             print(f"\r[{i}/{len(cases)}] {case.id:<60}", end="", file=sys.stderr, flush=True)
-        rows.append(run_case(case, backend, quick))
+        try:
+            rows.append(run_case(case, backend, quick))
+        except Exception as exc:  # noqa: BLE001 - a broken case is a failure row, not a crash
+            rows.append({"case": case.id, "suite": case.suite, "op": case.op, "ok": False,
+                         "kernel": "-", "check": f"{type(exc).__name__}: {exc}"[:300]})
     if progress:
         print(file=sys.stderr)
     return {"schema_version": SCHEMA_VERSION, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -170,19 +204,26 @@ def run(cases: Iterable[Case], backend: str = "cpu", quick: bool = False,
 
 def markdown_table(doc: dict[str, Any]) -> str:
     """The results as a Markdown table: one row per case, speedup against each baseline."""
-    lines = ["| case | kernel | median ms | GB/s | GFLOP/s | NumPy ms | speedup vs NumPy "
-             "| peak MiB (NumPy) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    gpu = any("peak_bytes" not in r for r in doc["rows"] if r.get("ok"))
+    last = "copy bandwidth; speedups" if gpu else "peak MiB (NumPy)"
+    first = "baseline" if gpu else "NumPy"
+    lines = [f"| case | kernel | median ms | GB/s | GFLOP/s | {first} ms | speedup vs {first} "
+             f"| {last} |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     mib = 1 << 20
     for r in doc["rows"]:
         if not r["ok"]:
             lines.append(f"| {r['case']} | {r['kernel']} | FAILED: {r['check']} | | | | | |")
             continue
-        base = r["baselines"].get("numpy")
-        cells = [r["case"], r["kernel"], f"{r['median_s'] * 1e3:.2f}", f"{r['GBps']:.1f}",
+        base = next(iter(r["baselines"].values()), None)
+        cells = [r["case"], r["kernel"], f"{r['median_s'] * 1e3:.3f}", f"{r['GBps']:.1f}",
                  f"{r['GFLOPs']:.1f}",
-                 f"{base['median_s'] * 1e3:.2f}" if base else "",
-                 f"{base['speedup']:.2f}x" if base else "",
-                 f"{r['peak_bytes'] / mib:.1f}" + (f" ({base['peak_bytes'] / mib:.1f})"
-                                                   if base else "")]
+                 f"{base['median_s'] * 1e3:.3f}" if base else "",
+                 f"{base['speedup']:.2f}x" if base else ""]
+        if "peak_bytes" in r:
+            cells.append(f"{r['peak_bytes'] / mib:.1f}" + (
+                f" ({base['peak_bytes'] / mib:.1f})" if base and "peak_bytes" in base else ""))
+        else:
+            cells.append(f"{r.get('pct_copy_bw', 0):.0f}% of copy; "
+                         + ", ".join(f"{n} {v['speedup']:.2f}x" for n, v in r["baselines"].items()))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

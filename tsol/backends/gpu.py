@@ -6,6 +6,7 @@ Their modules import the GPU stack only inside methods, so ``import tsol`` stays
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from typing import Callable
@@ -38,6 +39,7 @@ class _LazyGPUBackend(Backend):
         return 0
 
 
+@functools.lru_cache(maxsize=None)
 def cuda_simulator() -> bool:
     """True when the CUDA backend keeps arrays in host memory: under Numba's CUDA simulator
     (``NUMBA_ENABLE_CUDASIM=1``) or in compile-only mode (``TSOL_CUDA_COMPILE_ONLY=1``, kernels

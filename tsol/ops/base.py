@@ -233,7 +233,7 @@ def _check_out(opdef: OpDef, out: Any, expect: Meta, b: backends.Backend,
                        f"allocate out with shape {expect.shape} and dtype {expect.dtype}",
                        list(operands))
     flags = getattr(out, "flags", None)
-    if flags is not None and not flags.writeable:
+    if flags is not None and not getattr(flags, "writeable", True):
         raise op_error(ArgumentError, opdef.name, "out= is read-only", "pass a writeable array",
                        [out])
 
@@ -329,7 +329,8 @@ def call(opdef: OpDef, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
                 for n, x in zip(opdef.inputs, operands, strict=True)]
     b = _backend_for(opdef, _flatten(operands), out)
     if b.name == "cuda":
-        return _foreign_call(opdef, b, operands, attrs, out)
+        return _foreign_call(opdef, b, operands, attrs, out,
+                             None if key is None else (key[0], args, kwargs))
     if key is not None:
         return _run(opdef, b, operands, attrs, out, (key[0], args, kwargs))
     return _run(opdef, b, operands, attrs, out)
@@ -382,14 +383,14 @@ def _remember(opdef: OpDef, site: tuple[Any, Sequence[Any], dict[str, Any]], b: 
 
 
 def _foreign_call(opdef: OpDef, b: backends.Backend, operands: list[Any],
-                  attrs: dict[str, Any], out: Any) -> Any:
+                  attrs: dict[str, Any], out: Any, site: Any = None) -> Any:
     """Adopt operands of another array type (a torch CUDA tensor) zero-copy, run, and give the
     result back in the first such operand's type."""
     like = next((x for x in _flatten(operands) + [out]
                  if x is not None and not isinstance(x, SCALAR_TYPES)
                  and b.adopt(x) is not x), None)
     if like is None:
-        return _run(opdef, b, operands, attrs, out)
+        return _run(opdef, b, operands, attrs, out, site)
     operands = [tuple(b.adopt(e) for e in x) if isinstance(x, tuple) else
                 None if x is None or isinstance(x, SCALAR_TYPES) else b.adopt(x)
                 for x in operands]

@@ -167,10 +167,20 @@ def _kernel_for(op: str, cls: str, in_dts: Sequence[np.dtype], out_dt: np.dtype,
     return k
 
 
+_prepared: dict[tuple[Any, ...], gpu.Prepared] = {}
+"""Launches by (op, class, block, layout of out and operands): later calls pass pointers only."""
+
+
 def launch(op: str, operands: Sequence[Any], out: Any, cls: str, block: int) -> None:
     """Run ``op``'s body over ``operands`` (arrays broadcastable to ``out``) into ``out``."""
     n = out.size
     if n == 0:
+        return
+    layout = (op, cls, block, out.shape, out.dtype, out.strides,
+              *[(a.shape, a.dtype, a.strides) for a in operands])
+    prepared = _prepared.get(layout)
+    if prepared is not None:
+        prepared([a.data.ptr for a in operands] + [out.data.ptr])
         return
     in_dts = [np.dtype(a.dtype) for a in operands]
     shape = tuple(out.shape)
@@ -196,7 +206,14 @@ def launch(op: str, operands: Sequence[Any], out: Any, cls: str, block: int) -> 
         target = gpu.kernel_view(out).reshape(-1)
     kern = _kernel_for(op, cls, in_dts, np.dtype(out.dtype), modes)
     grid = min(gpu.cdiv(n, block), 8192)
-    gpu.launch(kern, grid, block, args + [target])
+    prepared = gpu.prepare(kern, grid, block, args + [target])
+    if prepared is None:
+        gpu.launch(kern, grid, block, args + [target])
+        return
+    if len(_prepared) > 4096:
+        _prepared.clear()
+    _prepared[layout] = prepared
+    prepared([a.data.ptr for a in operands] + [out.data.ptr])
 
 
 # --- registration --------------------------------------------------------------------------------

@@ -313,8 +313,8 @@ class _Launcher:
         digest = hashlib.sha256(repr((sources_stamp(), kern.name, kern.constants(), key, cc,
                                       kern.fastmath, kern.max_registers)).encode()).hexdigest()
         folder = _cache_dir(cc)
-        stem = folder / f"{kern.name}-{digest[:20]}"
-        meta_path, cubin_path = stem.with_suffix(".json"), stem.with_suffix(".cubin")
+        stem = f"{kern.name.replace('.', '_')}-{digest[:20]}"
+        meta_path, cubin_path = folder / f"{stem}.json", folder / f"{stem}.cubin"
         if meta_path.exists() and cubin_path.exists():
             entry = json.loads(meta_path.read_text())["entry"]
             cubin = cubin_path.read_bytes()
@@ -323,6 +323,8 @@ class _Launcher:
             compiled = kern.dispatcher().compile(argtypes)
             entry = compiled.entry_name
             cubin = compiled._codelibrary.get_cubin(cc=cc)
+            if not isinstance(cubin, (bytes, bytearray)):     # cuda.core ObjectCode
+                cubin = cubin.code
             folder.mkdir(parents=True, exist_ok=True)
             for path, data in ((cubin_path, bytes(cubin)),
                                (meta_path, json.dumps({"entry": entry}).encode())):
@@ -363,19 +365,67 @@ class _Launcher:
             bufs = self.local.bufs = (values, ptrs)
         return bufs
 
+    def slots(self, args: Sequence[Any]) -> tuple[np.ndarray, list[int]]:
+        """The packed argument values and the slots holding array data pointers."""
+        flat: list[Any] = []
+        pointer_slots = []
+        for (n, pack), a in zip(self.packers, args):
+            if n > 1:
+                pointer_slots.append(len(flat) + 4)
+            pack(a, flat)
+        return np.array([int(v) & 0xFFFFFFFFFFFFFFFF for v in flat], np.uint64), pointer_slots
+
     def __call__(self, grid: tuple[int, int, int], block: tuple[int, int, int], shared: int,
                  args: Sequence[Any]) -> None:
-        flat: list[Any] = []
-        for (_, pack), a in zip(self.packers, args):
-            pack(a, flat)
+        packed, _ = self.slots(args)
+        self.run(grid, block, shared, packed)
+
+    def run(self, grid: tuple[int, int, int], block: tuple[int, int, int], shared: int,
+            packed: np.ndarray) -> None:
         values, ptrs = self.buffers()
-        values[:len(flat)] = [int(v) & 0xFFFFFFFFFFFFFFFF for v in flat]
+        values[:len(packed)] = packed
         if shared > self.shared_limit:
             self.driver.funcSetAttribute(self.func, 8, shared)  # MAX_DYNAMIC_SHARED_SIZE_BYTES
             self.shared_limit = shared
         stream = self.cupy.cuda.get_current_stream().ptr
         self.driver.launchKernel(self.func, grid[0], grid[1], grid[2], block[0], block[1],
                                  block[2], shared, stream, ptrs.ctypes.data, 0)
+
+
+class Prepared:
+    """A launch with its argument layout fixed: per call only the arrays' data pointers change.
+
+    ``prepare(k, grid, block, args)`` builds one from example arguments; calling it with the
+    new data pointers (``[a.data.ptr, ...]`` in the order of the array arguments) launches.
+    The caller keys prepared launches by everything but the pointers (shapes, strides, dtypes,
+    scalar values).
+    """
+
+    __slots__ = ("launcher", "grid", "block", "shared", "packed", "pointer_slots")
+
+    def __init__(self, launcher: _Launcher, grid: tuple[int, int, int],
+                 block: tuple[int, int, int], shared: int, args: Sequence[Any]) -> None:
+        self.launcher, self.grid, self.block, self.shared = launcher, grid, block, shared
+        self.packed, self.pointer_slots = launcher.slots(args)
+
+    def __call__(self, pointers: Sequence[int]) -> None:
+        packed = self.packed
+        for slot, ptr in zip(self.pointer_slots, pointers):
+            packed[slot] = ptr
+        self.launcher.run(self.grid, self.block, self.shared, packed)
+
+
+def prepare(kern: Kernel, grid: Any, block: Any, args: Sequence[Any],
+            shared: int = 0) -> Prepared | None:
+    """A ``Prepared`` launch of ``kern`` for arguments laid out like ``args``; None under the
+    simulator and in compile-only mode (use ``launch`` there)."""
+    if HOST_ARRAYS:
+        return None
+    key = tuple(arg_key(a) for a in args)
+    launcher = kern._launchers.get(key)
+    if launcher is None:
+        launcher = kern._launchers[key] = _Launcher(kern, key)
+    return Prepared(launcher, _dim3(grid), _dim3(block), shared, args)
 
 
 def _dim3(d: Any) -> tuple[int, int, int]:
@@ -433,4 +483,4 @@ def cdiv(a: int, b: int) -> int:
 __all__ = ["SIMULATOR", "COMPILE_ONLY", "HOST_ARRAYS", "WARP", "declare_device", "device",
            "f32_from_bits", "f32_to_bits", "load_bf16", "store_bf16", "load_f16", "store_f16",
            "storage", "kernel_view", "warp_sum", "warp_max", "kernel", "Kernel", "launch",
-           "arg_key", "numba_type", "array_module", "cdiv"]
+           "arg_key", "numba_type", "array_module", "cdiv", "prepare", "Prepared"]

@@ -1,0 +1,78 @@
+"""Host overhead of small eager calls and the first call in a fresh process.
+
+    python -m tsol.bench.overhead [--backend cuda]
+
+Per op: wall time per call on a tiny input (the device work is negligible, so this is the host
+path: binding, selection, argument packing, launch), against the same call in CuPy (or NumPy on
+cpu). Then a child process times its first ``tsol.exp`` (import excluded), which the on-disk
+kernel caches should keep under a second once the kernel was compiled before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+import tsol
+from tsol import backends
+
+COLD = """
+import time, numpy as np, tsol
+from tsol import backends
+b = backends.get({backend!r})
+xp = b.array_module()
+x = xp.asarray(np.ones((1000, 1000), np.float32)); b.synchronize()
+t = time.perf_counter(); tsol.exp(x); tsol.softmax(x); b.synchronize()
+print(time.perf_counter() - t)
+"""
+
+
+def per_call(fn: Callable[[], Any], sync: Callable[[], None], n: int = 2000) -> float:
+    for _ in range(20):
+        fn()
+    sync()
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    sync()
+    return (time.perf_counter() - start) / n
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="tsol-bench-overhead", description=__doc__)
+    p.add_argument("--backend", default="cpu")
+    args = p.parse_args(argv)
+    b = backends.get(args.backend)
+    xp = b.array_module()
+    x = xp.asarray(np.random.default_rng(0).random((32, 32), np.float32))
+    y = xp.asarray(np.random.default_rng(1).random((32, 32), np.float32))
+    rows = [("add", lambda: tsol.add(x, y), lambda: xp.add(x, y)),
+            ("exp", lambda: tsol.exp(x), lambda: xp.exp(x)),
+            ("multiply scalar", lambda: tsol.multiply(x, 2.0), lambda: xp.multiply(x, 2.0)),
+            ("sum axis=-1", lambda: tsol.sum(x, axis=-1), lambda: xp.sum(x, axis=-1)),
+            ("softmax", lambda: tsol.softmax(x), None)]
+    print(f"| op (32x32 float32, {args.backend}) | TSOL us/call | {xp.__name__} us/call |")
+    print("|---|---:|---:|")
+    for name, ours, theirs in rows:
+        try:
+            t_ours = per_call(ours, b.synchronize) * 1e6
+        except tsol.TSOLError as exc:
+            print(f"| {name} | {type(exc).__name__} | |")
+            continue
+        t_theirs = per_call(theirs, b.synchronize) * 1e6 if theirs else float("nan")
+        print(f"| {name} | {t_ours:.1f} | {t_theirs:.1f} |")
+    cold = [float(subprocess.run([sys.executable, "-c", COLD.format(backend=args.backend)],
+                                 capture_output=True, text=True, check=True).stdout.split()[-1])
+            for _ in range(2)]
+    print(f"\nfirst exp + softmax in a new process: {cold[0]:.3f} s, then {cold[1]:.3f} s "
+          "(second process: kernels cached on disk)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
