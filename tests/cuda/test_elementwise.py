@@ -90,3 +90,11 @@ def test_many_dims_and_out(rng):
         assert tsol.exp(to_device(x), out=out) is out
     if not COMPILE_ONLY:
         np.testing.assert_allclose(to_host(out), np.exp(x), rtol=1e-12)
+
+
+@pytest.mark.parametrize("op", ["exp", "add"])
+def test_unrolled_main_loop_and_tail(op, rng):
+    # 4101 elements: 5 blocks of 256 threads; the first 261 threads take a 4-element trip,
+    # the rest finish element by element.
+    x = rand((4101,), np.float32, rng)
+    check(op, [x] if op == "exp" else [x, x[::-1].copy()], dt=np.float32)

@@ -16,6 +16,7 @@ dims). Both are grid-stride loops of ``config.block`` threads per block.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Sequence
 
 import numpy as np
@@ -94,11 +95,22 @@ def {name}({params}, out):
     step = gpu.gridsize(1)
     n = out.size
 {setup}
+{unrolled}
     while i < n:
 {index}
 {loads}
         out[{oidx}] = {store}
         i += step
+'''
+
+UNROLL = 4
+"""Flat kernels handle UNROLL elements per thread per trip, all loads issued before any store
+(the compiler cannot reorder loads past stores that may alias), for memory-level parallelism."""
+
+UNROLLED = '''
+    while i + {last} * step < n:
+{body}
+        i += {count} * step
 '''
 
 
@@ -119,6 +131,19 @@ def _store(expr: str, dt: np.dtype) -> str:
     if dt == dtypes.bool_:
         return f"({expr}) != 0"
     return f"np.{dt.name}({expr})"            # integers wrap like NumPy's
+
+
+def _unrolled(loads: list[str], expr: str, out_dt: np.dtype) -> str:
+    """The UNROLL-way main loop of a flat kernel: element u of a trip is at i + u * step."""
+    body = [f"        k{u} = i + {u} * step" for u in range(UNROLL)]
+    for u in range(UNROLL):
+        for line in loads:
+            line = re.sub(r"\[i\]", f"[k{u}]", line)
+            body.append(re.sub(r"\bx(\d)\b", rf"x\1_{u}", line))
+    for u in range(UNROLL):
+        body.append(f"        out[k{u}] = " + _store(re.sub(r"\bx(\d)\b", rf"x\1_{u}", expr),
+                                                       out_dt))
+    return UNROLLED.format(last=UNROLL - 1, count=UNROLL, body="\n".join(body))
 
 
 _cache: dict[tuple[Any, ...], gpu.Kernel] = {}
@@ -156,8 +181,10 @@ def _kernel_for(op: str, cls: str, in_dts: Sequence[np.dtype], out_dt: np.dtype,
     tag = "_".join([op, cls] + [d.str.strip("<|>=") for d in in_dts] + [out_dt.str.strip("<|>="),
                                                                          *modes])
     name = "ew_" + tag.replace("-", "m")
+    unrolled = "" if strided else _unrolled(loads, expr, out_dt)
     source = TEMPLATE.format(name=name, params=params, setup=setup, index=index,
-                             loads="\n".join(loads), oidx=oidx, store=_store(expr, out_dt))
+                             loads="\n".join(loads), oidx=oidx, store=_store(expr, out_dt),
+                             unrolled=unrolled)
     namespace: dict[str, Any] = {"gpu": gpu, "np": np, "math": math, "F": eval(_F[cls], {"np": np}),
                                  "fmax": fmax, "fmin": fmin, "ipow": ipow, "fpow": fpow}
     exec(compile(source, f"<tsol.kernels.cuda.elementwise:{name}>", "exec"), namespace)
@@ -166,6 +193,9 @@ def _kernel_for(op: str, cls: str, in_dts: Sequence[np.dtype], out_dt: np.dtype,
     k = _cache[key] = gpu.kernel(fn)
     return k
 
+
+GRID_CAP = 132 * 16
+"""Blocks at most (H100: 132 SMs); grid-stride loops cover the rest."""
 
 _prepared: dict[tuple[Any, ...], gpu.Prepared] = {}
 """Launches by (op, class, block, layout of out and operands): later calls pass pointers only."""
@@ -205,7 +235,7 @@ def launch(op: str, operands: Sequence[Any], out: Any, cls: str, block: int) -> 
         args = [gpu.kernel_view(a).reshape(-1) for a in operands]
         target = gpu.kernel_view(out).reshape(-1)
     kern = _kernel_for(op, cls, in_dts, np.dtype(out.dtype), modes)
-    grid = min(gpu.cdiv(n, block), 8192)
+    grid = min(gpu.cdiv(n, block * (1 if "strided" in modes else UNROLL)), GRID_CAP)
     prepared = gpu.prepare(kern, grid, block, args + [target])
     if prepared is None:
         gpu.launch(kern, grid, block, args + [target])
