@@ -1,1 +1,254 @@
-"""CUDA kernels for the softmax ops (in progress)."""
+"""CUDA kernels for softmax and log_softmax along one axis, generated per storage dtype and tile.
+
+The input is viewed as a C-contiguous ``(outer, n, inner)`` array around the axis (a copy first
+when it is not C-contiguous); compute is float32 (float64 for float64), and each value is loaded
+once into registers when its line fits, so the output costs one read and one write:
+
+- ``inner == 1`` (the last axis), ``n <= 32 * 1024``: groups of ``T`` threads (a power of two)
+  own one row each, ``B // T`` rows a block; thread ``t`` keeps elements ``t + k * T``
+  (``k < K``, coalesced across the group) in registers. The row max is a xor-shuffle tree
+  (and a shared-memory step across the group's warps), then ``exp(x - max)`` is summed the
+  same way and the row is written from the registers.
+- ``inner > 1``, ``n <= 32 * TY``: a block is ``TX`` adjacent columns x ``TY`` row lanes;
+  thread ``(tx, ty)`` keeps rows ``ty + k * TY`` of its column (each row read coalesced across
+  ``tx``), folds them into an online (max, sum of exp) pair, the pairs merge in a shared-memory
+  tree, and the registers are written out.
+- longer lines: the reduction kernels' online (max, sum of exp) fold (``reduction.run``, split
+  into segments over several blocks when the lines are few), then a streaming kernel of the
+  column shape writes ``exp(x - max) / sum``: two reads and one write.
+
+Every tree has a fixed shape, so results are bitwise repeatable. Edge cases follow
+``scipy.special``: a line holding NaN, ``+inf`` or only ``-inf`` gives NaN throughout for
+softmax; log_softmax shifts by 0 when the max is not finite (``-inf`` at finite entries and NaN
+at ``+inf`` ones when the line holds ``+inf``, NaN for a line of only ``-inf``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from tsol import dtypes
+from tsol.kernels.cuda import gpu
+from tsol.kernels.cuda import reduction as red
+from tsol.registry import Config, kernel
+
+KMAX = 32
+"""Most elements a thread keeps in registers: rows up to 32 * 1024 elements in one pass."""
+
+_MERGES = '''
+@gpu.device
+def merge_max(c0, o0):
+    return (o0 if o0 > c0 or o0 != o0 else c0,)
+
+
+@gpu.device
+def merge_sum(c0, o0):
+    return (c0 + o0,)
+
+
+@gpu.device
+def finite(m):
+    return m > LOW and m < HIGH
+'''
+"""merge_max lets a NaN win; the online (max, sum) fold is the reduction's 'lse' kind."""
+
+
+def _finish(log: bool, m: str, s: str) -> list[str]:
+    """Per-line factors from the online fold (m, s): ``shift`` and ``inv`` (softmax) or
+    ``lse`` (log_softmax), so that the result is f(v) of ``_value``."""
+    if log:
+        return [f"if finite({m}):", f"    shift = {m}", f"    lse = log_({s})", "else:",
+                "    shift = A(0)", f"    lse = {s} if {s} != {s} else {m}"]
+    return [f"shift = {m}", f"inv = A(1) / {s} if finite({m}) else A(np.nan)"]
+
+
+def _value(log: bool, v: str) -> str:
+    return f"({v} - shift) - lse" if log else f"exp_({v} - shift) * inv"
+
+
+_kernels: dict[tuple[Any, ...], gpu.Kernel] = {}
+
+
+def _source(name: str, params: str, body: Sequence[str], funcs: str = "") -> str:
+    return _MERGES + funcs + f"\n\ndef {name}({params}):\n" + red.indent(body, 4) + "\n"
+
+
+def _row_kernel(dt: np.dtype, acc: np.dtype, log: bool, T: int, B: int, K: int) -> gpu.Kernel:
+    """Rows held in registers: K elements a thread, T threads a row, B // T rows a block."""
+    key = ("row", dt.str, acc.str, log, T, B, K)
+    if key in _kernels:
+        return _kernels[key]
+    bf16 = dt == dtypes.bfloat16
+    tag = "bf16" if bf16 else dt.name
+    name = f"{'log_' if log else ''}softmax_row_{tag}_t{T}_b{B}_k{K}"
+    f32 = [np.dtype(acc)]
+    alloc_a, red_max = red.rows_reduce(["mx"], f32, "merge_max", T, B, "a")
+    alloc_b, red_sum = red.rows_reduce(["sm"], f32, "merge_sum", T, B, "b")
+    body = ["tid = gpu.threadIdx.x", "lane = tid & 31", "warp = tid >> 5",
+            f"t = tid & {T - 1}", f"row = gpu.blockIdx.x * {B // T} + (tid >> {red.log2(T)})",
+            *alloc_a, *alloc_b, "n = r if row < rows else 0", "base = row * r", "mx = LOW"]
+    for k in range(K):
+        body += [f"j{k} = t + {k * T}", f"v{k} = LOW", f"if j{k} < n:",
+                 f"    v{k} = {red.load_expr(f'x[base + j{k}]', bf16)}"]
+    body += [f"mx = v{k} if v{k} > mx or v{k} != v{k} else mx" for k in range(K)]
+    body += red_max
+    body += ["shift = mx"] + (["if not finite(mx):", "    shift = A(0)"] if log else [])
+    body.append("sm = A(0)")
+    for k in range(K):
+        body.append(f"if j{k} < n:")
+        body += ([f"    sm += exp_(v{k} - shift)"] if log else
+                 [f"    v{k} = exp_(v{k} - shift)", f"    sm += v{k}"])
+    body += red_sum
+    body.append("lse = log_(sm)" if log else "inv = A(1) / sm")
+    value = "(v{k} - shift) - lse" if log else "v{k} * inv"
+    for k in range(K):
+        body += [f"if j{k} < n:", f"    out[base + j{k}] = "
+                 f"{red.store_expr(value.format(k=k), dt)}"]
+    k = _kernels[key] = red.build(name, _source(name, "x, out, rows, r", body),
+                                  red.namespace(acc), __name__)
+    return k
+
+
+def _col_kernel(dt: np.dtype, acc: np.dtype, log: bool, TX: int, TY: int, K: int
+                ) -> gpu.Kernel:
+    """Columns held in registers: TX columns x TY row lanes a block, K rows a thread."""
+    key = ("col", dt.str, acc.str, log, TX, TY, K)
+    if key in _kernels:
+        return _kernels[key]
+    bf16 = dt == dtypes.bfloat16
+    tag = "bf16" if bf16 else dt.name
+    name = f"{'log_' if log else ''}softmax_col_{tag}_x{TX}_y{TY}_k{K}"
+    alloc, tree = red.cols_reduce(["cm", "cs"], [np.dtype(acc)] * 2, "merge", TX, TY, "c",
+                                  broadcast=True)
+    body = ["tid = gpu.threadIdx.x", f"tx = tid & {TX - 1}", f"ty = tid >> {red.log2(TX)}",
+            "bx = gpu.blockIdx.x", "p = bx // tiles", f"col = (bx - p * tiles) * {TX} + tx",
+            *alloc, "n = r if col < inner else 0", "base = p * r * inner + col",
+            "cm = LOW", "cs = A(0)"]
+    for k in range(K):
+        body += [f"j{k} = ty + {k * TY}", f"v{k} = LOW", f"if j{k} < n:",
+                 f"    v{k} = {red.load_expr(f'x[base + j{k} * inner]', bf16)}",
+                 f"    cm, cs = update(cm, cs, v{k}, j{k})"]
+    body += tree + _finish(log, "cm", "cs")
+    for k in range(K):
+        body += [f"if j{k} < n:", f"    out[base + j{k} * inner] = "
+                 f"{red.store_expr(_value(log, f'v{k}'), dt)}"]
+    source = _source(name, "x, out, r, inner, tiles", body, red.KINDS["lse"][2])
+    k = _kernels[key] = red.build(name, source, red.namespace(acc), __name__)
+    return k
+
+
+def _apply_kernel(dt: np.dtype, acc: np.dtype, log: bool, TX: int, TY: int, K: int
+                  ) -> gpu.Kernel:
+    """The result from per-line (max, sum of exp) states: TX columns x TY row lanes a block,
+    rows ``gridDim.y`` segments of ``seg``; K loads in flight a thread."""
+    key = ("apply", dt.str, acc.str, log, TX, TY, K)
+    if key in _kernels:
+        return _kernels[key]
+    bf16 = dt == dtypes.bfloat16
+    tag = "bf16" if bf16 else dt.name
+    name = f"{'log_' if log else ''}softmax_apply_{tag}_x{TX}_y{TY}_k{K}"
+    body = ["tid = gpu.threadIdx.x", f"tx = tid & {TX - 1}", f"ty = tid >> {red.log2(TX)}",
+            "bx = gpu.blockIdx.x", "p = bx // tiles", f"col = (bx - p * tiles) * {TX} + tx",
+            "if col < inner:", "    o = p * inner + col", "    cm = m[o]", "    cs = s[o]"]
+    loop = [*_finish(log, "cm", "cs"), "base = p * r * inner + col",
+            "lo = gpu.blockIdx.y * seg", "hi = min(lo + seg, r)", "j = lo + ty",
+            f"while j < hi - {(K - 1) * TY}:"]
+    loop += [f"    v{k} = {red.load_expr(f'x[base + (j + {k * TY}) * inner]', bf16)}"
+             for k in range(K)]
+    loop += [f"    out[base + (j + {k * TY}) * inner] = "
+             f"{red.store_expr(_value(log, f'v{k}'), dt)}" for k in range(K)]
+    loop += [f"    j += {K * TY}", "while j < hi:",
+             f"    v = {red.load_expr('x[base + j * inner]', bf16)}",
+             f"    out[base + j * inner] = {red.store_expr(_value(log, 'v'), dt)}",
+             f"    j += {TY}"]
+    body += ["    " + line for line in loop]
+    source = _source(name, "x, m, s, out, r, inner, tiles, seg", body)
+    k = _kernels[key] = red.build(name, source, red.namespace(acc), __name__)
+    return k
+
+
+def split_axis(shape: Sequence[int], axis: int) -> tuple[int, int, int]:
+    """``shape`` as (outer, n, inner) around ``axis``."""
+    return (math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:]))
+
+
+def _run(x: Any, out: Any, axis: int, log: bool, config: Config) -> None:
+    if x.size == 0:
+        return
+    xp = gpu.array_module()
+    if not x.flags.c_contiguous:
+        x = xp.ascontiguousarray(x)
+    outer, n, inner = split_axis(x.shape, axis)
+    dt = np.dtype(x.dtype)
+    acc = np.dtype(np.float64 if dt == dtypes.float64 else np.float32)
+    xs, os_ = gpu.kernel_view(x).reshape(-1), gpu.kernel_view(out).reshape(-1)
+    work = config.work
+    if inner == 1:
+        T = min(red.TMAX, red.pow2ceil(-(-n // work)))
+        K = red.pow2ceil(-(-n // T))
+        if K <= min(KMAX, config.kmax):
+            B = max(T, config.block)
+            gpu.launch(_row_kernel(dt, acc, log, T, B, K), -(-outer // (B // T)), B,
+                       [xs, os_, outer, n])
+            return
+    else:
+        TX = min(32, red.pow2ceil(inner))
+        TY = max(1, min(config.block // TX, red.pow2ceil(-(-n // work))))
+        K = red.pow2ceil(-(-n // TY))
+        tiles = -(-inner // TX)
+        if K <= min(KMAX, config.kmax):
+            gpu.launch(_col_kernel(dt, acc, log, TX, TY, K), outer * tiles, TX * TY,
+                       [xs, os_, n, inner, tiles])
+            return
+    # Long lines: the online (max, sum of exp) fold, then one streaming pass.
+    m, s = red.run("lse", xs, outer, n, inner, acc,
+                   Config(block=config.block, work=16, split=config.split),
+                   bf16=dt == dtypes.bfloat16)
+    TX = min(32, red.pow2ceil(inner)) if inner > 1 else 1
+    TY = max(1, config.block // TX)
+    K = red.unroll(xs.dtype.itemsize)
+    tiles = -(-inner // TX)
+    blocks = outer * tiles
+    target = red.sms() * max(1, 2048 // (TX * TY)) * 2
+    S = max(1, min(-(-target // blocks), -(-n // (TY * 4 * K)), 65535))
+    seg = -(-n // S)
+    S = -(-n // seg)
+    gpu.launch(_apply_kernel(dt, acc, log, TX, TY, K), (blocks, S), TX * TY,
+               [xs, m, s, os_, n, inner, tiles, seg])
+
+
+CONFIGS = [Config(block=256, work=8, kmax=KMAX, split=0),
+           Config(block=256, work=16, kmax=KMAX, split=0),
+           Config(block=128, work=8, kmax=KMAX, split=0),
+           Config(block=512, work=4, kmax=KMAX, split=0)]
+"""``block``: threads a block (at least); ``work``: elements a thread aims at (rows of 4096
+in groups of 512 threads, 8 registers each); ``kmax``: most elements a thread keeps in
+registers (longer lines take the two-pass path); ``split``: at least this many segments a
+line in the two-pass path (tests)."""
+SIM_CONFIG = Config(block=32, work=8, kmax=KMAX, split=0)
+"""Under the simulator (every thread a Python thread): small blocks."""
+
+
+def _heuristic(metas: Sequence[Any], attrs: dict[str, Any]) -> Config:
+    return SIM_CONFIG if gpu.SIMULATOR else CONFIGS[0]
+
+
+# alias_ok: each element is read before its own output is written, by the same thread, so
+# out=x is safe.
+@kernel("softmax", backend="cuda", dtypes=dtypes.FLOATS, configs=CONFIGS, heuristic=_heuristic)
+def softmax_cuda(x: Any, *, out: Any, config: Config, axis: int) -> None:
+    """Softmax along ``axis`` (already normalized to a non-negative int)."""
+    _run(x, out, axis, False, config)
+
+
+@kernel("log_softmax", backend="cuda", dtypes=dtypes.FLOATS, configs=CONFIGS,
+        heuristic=_heuristic)
+def log_softmax_cuda(x: Any, *, out: Any, config: Config, axis: int) -> None:
+    """Log-softmax along ``axis`` (already normalized to a non-negative int)."""
+    _run(x, out, axis, True, config)
+
+
+__all__ = ["CONFIGS", "split_axis"]

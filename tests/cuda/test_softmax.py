@@ -1,0 +1,98 @@
+"""CUDA softmax and log_softmax against SciPy's float64 reference: every float dtype along the
+last, first and a middle axis, rows and columns held in registers, the two-pass path for long
+lines (split over several blocks), multi-warp rows, edge values, views, in-place out= and
+empty inputs."""
+
+import numpy as np
+import pytest
+
+import tsol
+from tests.cuda.support import (
+    COMPILE_ONLY,
+    CUDA_TESTS,
+    check,
+    on_cuda,
+    size,
+    to_device,
+    to_host,
+)
+from tests.support import FLOAT_DTYPES, dtype_id, rand, reference
+from tsol.ops import base
+from tsol.registry import Config, kernels
+
+pytestmark = [*CUDA_TESTS, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
+
+OPS = ["softmax", "log_softmax"]
+
+
+@pytest.fixture
+def forced(monkeypatch):
+    """``forced(config)``: the cuda kernels run with ``config`` instead of the heuristic's."""
+    def use(config):
+        def pick(opdef, backend, metas, attrs):
+            return (kernels(opdef.name, "cuda")[0], config) if backend == "cuda" else None
+        monkeypatch.setattr(base, "selector", pick)
+    return use
+
+
+def special(x):
+    """Rows (and columns) holding +inf, only -inf and NaN."""
+    x = x.copy()
+    x[0, 1] = np.inf
+    x[1, :] = -np.inf
+    x[2, 3] = np.nan
+    x[:, 2] = -np.inf
+    return x
+
+
+@pytest.mark.parametrize("axis", [-1, 0], ids=["rows", "cols"])
+@pytest.mark.parametrize("dt", FLOAT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("op", OPS)
+def test_dtypes_and_axes(op, dt, axis, rng):
+    shape = (size(5, 64), size(37, 4099))
+    x = rand(shape if axis == -1 else shape[::-1], dt, rng)
+    check(op, [x], {"axis": axis}, dt)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_middle_axis_large_values_and_edges(op, rng):
+    x = rand((2, size(9, 300), 3), np.float32, rng)
+    check(op, [x], {"axis": 1}, np.float32)
+    big = (rand((4, size(29, 1000)), np.float32, rng) * 10 + 1000).astype(np.float32)
+    check(op, [big], {"axis": -1}, np.float32)
+    edges = special(rand((5, 7), np.float32, rng))
+    check(op, [edges], {"axis": -1}, np.float32)
+    check(op, [edges], {"axis": 0}, np.float32)
+
+
+@pytest.mark.parametrize("axis", [-1, 0], ids=["rows", "cols"])
+@pytest.mark.parametrize("dt", [np.float32, "bfloat16"], ids=dtype_id)
+@pytest.mark.parametrize("op", OPS)
+def test_two_pass_split_lines(op, dt, axis, forced, rng):
+    """Lines longer than the registers hold: the online (max, sum) fold split over blocks, then
+    a streaming pass."""
+    forced(Config(block=32, work=16, kmax=1, split=3))
+    shape = (5, size(37, 40000))
+    x = special(rand(shape if axis == -1 else shape[::-1], np.float32, rng)).astype(dt)
+    check(op, [x], {"axis": axis}, dt)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_multi_warp_rows_and_column_trees(op, forced, rng):
+    forced(Config(block=128, work=1, kmax=32, split=0))
+    check(op, [rand((3, size(37, 3000)), np.float32, rng)], {"axis": -1}, np.float32)
+    check(op, [rand((size(37, 3000), 5), np.float32, rng)], {"axis": 0}, np.float32)
+
+
+def test_views_in_place_and_empty(rng):
+    x = rand((size(9, 513), 6), np.float32, rng)
+    check("softmax", [x.T], {"axis": -1}, np.float32)              # not C-contiguous
+    check("log_softmax", [x[::2]], {"axis": 0}, np.float32)
+    for shape in [(0, 5), (3, 0)]:
+        check("softmax", [np.zeros(shape, np.float32)], {"axis": -1}, np.float32)
+    with on_cuda():
+        d = to_device(x.copy())
+        assert tsol.softmax(d, axis=-1, out=d) is d
+    if not COMPILE_ONLY:
+        np.testing.assert_allclose(to_host(d), reference("softmax", x, axis=-1), rtol=2e-6,
+                                   atol=2e-6)
