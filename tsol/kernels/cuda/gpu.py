@@ -444,6 +444,9 @@ def launch(kern: Kernel, grid: Any, block: Any, args: Sequence[Any], shared: int
     grid, block = _dim3(grid), _dim3(block)
     if min(grid) <= 0:
         return
+    rec = getattr(recording, "rec", None)
+    if rec is not None:
+        rec.note(kern, grid, block, args, shared)
     if COMPILE_ONLY:
         key = tuple(arg_key(a) for a in args)
         if key not in kern._launchers:
@@ -463,6 +466,9 @@ def launch(kern: Kernel, grid: Any, block: Any, args: Sequence[Any], shared: int
         launcher = kern._launchers[key] = _Launcher(kern, key)
     launcher(grid, block, shared, args)
 
+
+recording = threading.local()
+"""``recording.rec``: the ``replay`` recorder of the call being recorded on this thread."""
 
 COMPILED: list[tuple[str, tuple[Any, ...]]] = []
 """(kernel, signature) pairs compiled to PTX in compile-only mode, in order."""

@@ -38,7 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tsol import dtypes
-from tsol.kernels.cuda import gpu
+from tsol.kernels.cuda import gpu, replay
 from tsol.registry import Config, kernel
 
 TMAX = 1024
@@ -504,7 +504,7 @@ def run(kind: str, x: Any, outer: int, r: int, inner: int, acc: Any, config: Con
         gpu.launch(_fold_kernel(layout, kind, src, bf16, acc, out_dt, T, B, K), grid, B,
                    args + [target])
         return target
-    parts = [xp.empty(count * S, dt) for dt in comp]
+    parts = [replay.scratch(count * S, dt) for dt in comp]
     gpu.launch(_fold_kernel(layout, kind, src, bf16, acc, "state", T, B, K), grid, B,
                args + parts)
     if S == 1:
@@ -516,7 +516,7 @@ def run(kind: str, x: Any, outer: int, r: int, inner: int, acc: Any, config: Con
         gpu.launch(_fold_kernel("fin", kind, src, bf16, acc, out_dt, T2, B2, 1), grid2, B2,
                    parts + [count, S, fscal, target])
         return target
-    states = [xp.empty(count, dt) for dt in comp]
+    states = [replay.scratch(count, dt) for dt in comp]
     gpu.launch(_fold_kernel("fin", kind, src, bf16, acc, "state", T2, B2, 1), grid2, B2,
                parts + [count, S, fscal] + states)
     return states
@@ -594,9 +594,20 @@ def fill(out: Any, value: float) -> None:
         out.fill(value)
 
 
+_replays = replay.Replays()
+
+
 def reduce(kind: str, a: Any, out: Any, axes: tuple[int, ...], acc: Any, config: Config, *,
            ordered: bool = False, fscal: float = 0.0) -> None:
-    """Fold ``kind`` of ``a`` (size > 0) over ``axes`` into ``out``."""
+    """Fold ``kind`` of ``a`` (size > 0) over ``axes`` into ``out`` (replayed per layout)."""
+    key = (kind, a.shape, a.strides, a.dtype, out.shape, out.strides, out.dtype, axes, acc,
+           config, ordered, fscal)
+    _replays.run(key, (a, out), lambda: _reduce_planned(kind, a, out, axes, acc, config,
+                                                         ordered, fscal))
+
+
+def _reduce_planned(kind: str, a: Any, out: Any, axes: tuple[int, ...], acc: Any,
+                    config: Config, ordered: bool, fscal: float) -> None:
     x, outer, r, inner, kept, bf16 = plan(a, axes, ordered=ordered)
     o = out_storage(out)
     if list(kept) == sorted(kept):
