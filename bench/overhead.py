@@ -1,11 +1,12 @@
 """Host overhead of small eager calls and the first call in a fresh process.
 
-    python -m tsol.bench.overhead [--backend cuda]
+    python -m tsol.bench.overhead [--backend cuda] [--profile add]
 
 Per op: wall time per call on a tiny input (the device work is negligible, so this is the host
 path: binding, selection, argument packing, launch), against the same call in CuPy (or NumPy on
 cpu). Then a child process times its first ``tsol.exp`` (import excluded), which the on-disk
-kernel caches should keep under a second once the kernel was compiled before.
+kernel caches should keep under a second once the kernel was compiled before. ``--profile OP``
+also prints where the host time of OP's calls goes (cProfile, by own time).
 """
 
 from __future__ import annotations
@@ -43,9 +44,20 @@ def per_call(fn: Callable[[], Any], sync: Callable[[], None], n: int = 2000) -> 
     return (time.perf_counter() - start) / n
 
 
+def profile(name: str, fn: Callable[[], Any], n: int = 5000) -> None:
+    import cProfile
+    import pstats
+    prof = cProfile.Profile()
+    prof.runcall(lambda: [fn() for _ in range(n)])
+    print(f"\nhost profile of {n} calls of {name}:")
+    pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(16)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tsol-bench-overhead", description=__doc__)
     p.add_argument("--backend", default="cpu")
+    p.add_argument("--profile", action="append", default=[], metavar="OP",
+                   help="profile the host path of this row's calls (repeatable)")
     args = p.parse_args(argv)
     b = backends.get(args.backend)
     xp = b.array_module()
@@ -66,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         t_theirs = per_call(theirs, b.synchronize) * 1e6 if theirs else float("nan")
         print(f"| {name} | {t_ours:.1f} | {t_theirs:.1f} |")
+    for name, ours, _ in rows:
+        if name in args.profile:
+            profile(name, ours)
     cold = [float(subprocess.run([sys.executable, "-c", COLD.format(backend=args.backend)],
                                  capture_output=True, text=True, check=True).stdout.split()[-1])
             for _ in range(2)]

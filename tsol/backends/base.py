@@ -64,6 +64,10 @@ class Backend:
     def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
         return self.array_module().empty(shape, dtype=dtype)
 
+    def scalar_array(self, value: Any, dtype: Any) -> Any:
+        """A Python scalar operand as a 0-d array of ``dtype`` that kernels only read."""
+        return self.array_module().asarray(value, dtype=dtype)
+
     def synchronize(self) -> None:
         """Wait for queued work; a no-op on synchronous backends."""
 

@@ -66,6 +66,7 @@ class CUDABackend(_LazyGPUBackend):
     def __init__(self) -> None:
         super().__init__()
         self._ceilings: dict[str, float] | None = None
+        self._scalars: dict[Any, Any] = {}
 
     def available(self) -> bool:
         if cuda_simulator():
@@ -99,6 +100,20 @@ class CUDABackend(_LazyGPUBackend):
     def _device_count(self) -> int:
         import cupy
         return int(cupy.cuda.runtime.getDeviceCount())
+
+    def scalar_array(self, value: Any, dtype: Any) -> Any:
+        # A host-to-device copy per call would cost more than the kernel: keep one read-only
+        # 0-d array per (device, value, dtype).
+        if cuda_simulator():
+            return super().scalar_array(value, dtype)
+        import cupy
+        key = (cupy.cuda.runtime.getDevice(), type(value), value, dtype)
+        a = self._scalars.get(key)
+        if a is None:
+            if len(self._scalars) > 1024:
+                self._scalars.clear()
+            a = self._scalars[key] = cupy.asarray(value, dtype=dtype)
+        return a
 
     def array_module(self) -> Any:
         if cuda_simulator():

@@ -280,8 +280,11 @@ _ARRAY_TYPES: dict[type, bool] = {}
 
 
 def _signature_key(opdef: OpDef, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
-    """A hashable key of everything a plan depends on, or None when the call is not plannable
-    (unhashable attrs, foreign array types, out=, capture)."""
+    """A key of everything a plan depends on, or None when the call is not plannable (foreign
+    array types, out=, capture); the caller treats an unhashable key (attrs) as no plan."""
+    if capture_hook is not None:
+        return None
+    # The settings name the default backend, so they key plans of calls with no arrays too.
     parts: list[Any] = [id(opdef), config.get(), selector]
     for a in args:
         t = type(a)
@@ -300,20 +303,17 @@ def _signature_key(opdef: OpDef, args: Sequence[Any], kwargs: dict[str, Any]) ->
         if k == "out" or hasattr(v, "shape") or isinstance(v, (list, dict)):
             return None
         parts.append((k, v))
-    if capture_hook is not None:
-        return None
-    parts.append(backends.BACKENDS.get(config.get().default_backend))
-    try:
-        return tuple(parts), hash(tuple(parts))
-    except TypeError:
-        return None
+    return tuple(parts)
 
 
 def call(opdef: OpDef, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     """Run ``opdef`` eagerly (or record it while capturing); the body of every public op."""
     key = _signature_key(opdef, args, kwargs) if not opdef.extra else None
     if key is not None:
-        plan = _plans.get(key[0])
+        try:
+            plan = _plans.get(key)
+        except TypeError:                     # an unhashable attribute: no plan
+            key = plan = None
         if plan is not None:
             return _run_plan(plan, args, kwargs)
     operands, attrs, out = bind(opdef, args, kwargs)
@@ -330,9 +330,9 @@ def call(opdef: OpDef, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     b = _backend_for(opdef, _flatten(operands), out)
     if b.name == "cuda":
         return _foreign_call(opdef, b, operands, attrs, out,
-                             None if key is None else (key[0], args, kwargs))
+                             None if key is None else (key, args, kwargs))
     if key is not None:
-        return _run(opdef, b, operands, attrs, out, (key[0], args, kwargs))
+        return _run(opdef, b, operands, attrs, out, (key, args, kwargs))
     return _run(opdef, b, operands, attrs, out)
 
 
@@ -341,7 +341,8 @@ def _run_plan(plan: _Plan, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     arrays = []
     for src, dt in zip(plan.sources, plan.scalar_dtypes):
         x = args[src] if isinstance(src, int) else kwargs.get(src) if src else None
-        arrays.append(x if dt is None else plan.b.array_module().asarray(x, dtype=dt))
+        arrays.append(x if dt is None else plan.b.array_module().asarray(x, dtype=dt)
+                      if plan.kern.allocates else plan.b.scalar_array(x, dt))
     # (A scalar that does not fit its dtype never gets here: its key differs by value and the
     # first call with that value raised a DTypeError without storing a plan.)
     if plan.kern.allocates:
