@@ -29,6 +29,11 @@ class Case:
     """Names under which the recipe's trailing arrays are passed (matmul's ``bias=``)."""
     baselines: tuple[str, ...] = ("numpy",)
     quick_shape: tuple[int, ...] = field(default=(), compare=False)
+    backends: tuple[str, ...] = ()
+    """Backends the case is meant for (empty: every backend): sizes and tiles that fit one."""
+
+    def runs_on(self, backend: str) -> bool:
+        return not self.backends or backend in self.backends
 
     @property
     def id(self) -> str:
@@ -113,7 +118,7 @@ def _ml_cases() -> list[Case]:
     return [
         Case("linalg", "matmul", mm, inputs="mm", quick_shape=mm_q),
         Case("linalg", "matmul", mm, inputs="mm", attrs=(("tile_shape", (192, 128, 256)),),
-             quick_shape=mm_q),
+             quick_shape=mm_q, backends=("cpu",)),
         Case("linalg", "matmul", thin, inputs="mm+bias", keywords=("bias",),
              attrs=(("epilogue", "bias_gelu"),), quick_shape=mm_q),
         Case("attention", "flash_attention", attn, inputs="qkv", quick_shape=attn_q),
@@ -128,5 +133,27 @@ def _ml_cases() -> list[Case]:
     ]
 
 
-CASES: list[Case] = _cases()
+def _gpu_cases() -> list[Case]:
+    """Sizes that fill an H100/H200: the CUDA targets' shapes where a float64 host reference
+    stays affordable (larger products are checked on the device by bench/gpu_*_check.py)."""
+    gpu = ("cuda",)
+    big, big_q = (4096, 4096, 4096), (96, 80, 72)
+    attn, attn_q = (4, 16, 2048, 128), (1, 2, 96, 64)
+    return [
+        Case("linalg", "matmul", big, inputs="mm", quick_shape=big_q, backends=gpu),
+        Case("linalg", "matmul", big, dtype="bfloat16", inputs="mm", quick_shape=big_q,
+             backends=gpu),
+        Case("linalg", "matmul", big, dtype="bfloat16", inputs="mm+bias", keywords=("bias",),
+             attrs=(("epilogue", "bias_gelu"),), quick_shape=big_q, backends=gpu),
+        Case("attention", "flash_attention", attn, dtype="bfloat16", inputs="qkv",
+             quick_shape=attn_q, backends=gpu),
+        Case("attention", "flash_attention", attn, dtype="bfloat16", inputs="qkv",
+             attrs=(("causal", True),), quick_shape=attn_q, backends=gpu),
+        Case("normalization", "layernorm", SQUARE, dtype="bfloat16", inputs="xgb",
+             quick_shape=_q(SQUARE), backends=gpu),
+        Case("softmax", "softmax", (8192, 8192), quick_shape=_q(SQUARE), backends=gpu),
+    ]
+
+
+CASES: list[Case] = _cases() + _gpu_cases()
 SUITES = sorted({c.suite for c in CASES})

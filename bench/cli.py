@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     cases = [c for c in CASES if (not args.suite or c.suite in args.suite)
-             and (not args.op or c.op in args.op)]
+             and (not args.op or c.op in args.op) and c.runs_on(args.backend)]
     if not cases:
         print("tsol-bench: no case matches the filters", file=sys.stderr)
         return 2

@@ -9,7 +9,10 @@ from tsol.bench.runner import check, reference
 import tsol
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+CPU_CASES = [c for c in CASES if c.runs_on("cpu")]
+
+
+@pytest.mark.parametrize("case", CPU_CASES, ids=[c.id for c in CPU_CASES])
 @pytest.mark.parametrize("impl", ["tsol", "numpy"])
 def test_case(benchmark, case, impl):
     args, kwargs = case.call_args(case.make_inputs(np.random.default_rng(0)))
