@@ -1,1 +1,500 @@
-"""CUDA kernels for the loss ops (in progress)."""
+"""CUDA kernels for cross_entropy, mse and kl_divergence, generated per storage dtypes and tile.
+
+cross_entropy: the logits are viewed as C-contiguous ``(R, C)`` rows (PyTorch's class axis
+moved last: free for [C] and [N, C], one copy for [N, C, d1, ...] or other layouts). Groups of
+``T`` threads own one row each, ``B // T`` rows a block: the row max is a xor-shuffle tree
+(``reduction.rows_reduce``), then the sum of ``exp(x - max)`` (with probability targets also
+the sums of ``p`` and of ``p * (max - x)``, all non-negative, so no cancellation) is a second
+tree; thread 0 of the group gathers ``x[target]`` and writes the row's loss
+``max + log(sum) - x[target]`` in float64 (or in the output dtype for reduction="none").
+Rows of up to ``kmax * 1024`` elements are read once into registers; longer rows are read
+twice, streaming (the second read mostly hits L2). Each row also records whether its target
+was ignored, counted or out of range.
+
+mse / kl_divergence: one grid-stride pass over the broadcast elements (operands that are a
+single element are read as scalars, other broadcasts are first copied), four loads in flight a
+thread, writing the pointwise loss for reduction="none", else summing it in float64 per thread,
+then per block through a tree: one partial a block, a fixed grid of at most ``GRID`` blocks.
+
+The mean/sum of per-row losses or block partials is one more kernel: a single block folds them
+in float64 in a fixed order (thread ``i`` takes ``i, i + B, ...``, then a tree), counts the
+non-ignored targets for the mean, and finds the first out-of-range target. Every order is fixed
+by the shapes and the config alone, so results are bitwise repeatable; no float atomics.
+
+Out-of-range class targets raise ``ArgumentError`` as on the CPU. Knowing that takes one
+device-to-host copy of one integer after the kernels (a host sync) per call with class-index
+targets; probability targets, mse and kl_divergence never sync.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from tsol import dtypes
+from tsol.errors import ArgumentError, op_error
+from tsol.kernels.cuda import gpu
+from tsol.kernels.cuda import reduction as red
+from tsol.ops.loss import class_axis
+from tsol.registry import Config, kernel
+
+KMAX = 32
+"""Most logits a thread keeps in registers: rows up to 32 * 1024 classes in one read."""
+GRID = 1024
+"""Most blocks of the pointwise pass (its partials are folded by one block)."""
+
+_FUNCS = '''
+@gpu.device
+def merge_max(c0, o0):
+    return (o0 if o0 > c0 or o0 != o0 else c0,)
+
+
+@gpu.device
+def merge_sum(c0, o0):
+    return (c0 + o0,)
+
+
+@gpu.device
+def merge_sum3(c0, c1, c2, o0, o1, o2):
+    return c0 + o0, c1 + o1, c2 + o2
+
+
+@gpu.device
+def merge_fin(c0, c1, c2, o0, o1, o2):
+    # (sum, count, first bad index)
+    return c0 + o0, c1 + o1, (o2 if o2 < c2 else c2)
+
+
+@gpu.device
+def finite(m):
+    return m > LOW and m < HIGH
+'''
+
+_kernels: dict[tuple[Any, ...], gpu.Kernel] = {}
+
+
+def _tag(dt: Any) -> str:
+    dt = np.dtype(dt)
+    return "bf16" if dt == dtypes.bfloat16 else dt.name
+
+
+def _build(name: str, params: str, body: Sequence[str], acc: np.dtype) -> gpu.Kernel:
+    source = _FUNCS + f"\n\ndef {name}({params}):\n" + red.indent(body, 4) + "\n"
+    return red.build(name, source, red.namespace(acc), __name__)
+
+
+def _head(T: int, B: int) -> list[str]:
+    return ["tid = gpu.threadIdx.x", "lane = tid & 31", "warp = tid >> 5",
+            f"t = tid & {T - 1}", f"row = gpu.blockIdx.x * {B // T} + (tid >> {red.log2(T)})"]
+
+
+def _passes(first: Sequence[str], second: Sequence[str], loads: Sequence[str], between:
+            Sequence[str], regs: bool, T: int, K: int, U: int) -> list[str]:
+    """Two passes over a row of ``m`` elements at ``base``: ``first`` then ``second`` (lines
+    in ``v``, the element, ``j`` its index, ``{s}`` the suffix of per-element names), with
+    ``between`` run by every thread in between. ``regs``: the elements stay in registers
+    (``K`` a thread), else each pass streams them (``U`` loads in flight a thread)."""
+    def fmt(lines: Sequence[str], s: str, j: str) -> list[str]:
+        return [line.format(v=f"v{s}", j=j, s=s) for line in lines]
+
+    body: list[str] = []
+    if regs:
+        for k in range(K):
+            body += [f"j{k} = t + {k * T}", f"v{k} = LOW", f"if j{k} < m:",
+                     *("    " + s for s in fmt(loads, str(k), f"j{k}"))]
+        for k in range(K):
+            body += fmt(first, str(k), f"j{k}")
+        body += between
+        for k in range(K):
+            body += [f"if j{k} < m:", *("    " + s for s in fmt(second, str(k), f"j{k}"))]
+        return body
+    for lines, rest in ((first, between), (second, [])):
+        body += ["j = t", f"while j < m - {(U - 1) * T}:"]
+        for u in range(U):
+            body += ["    " + s for s in fmt(loads, str(u), f"j + {u * T}")]
+        for u in range(U):
+            body += ["    " + s for s in fmt(lines, str(u), f"j + {u * T}")]
+        body += [f"    j += {U * T}", "while j < m:", *("    " + s for s in fmt(loads, "", "j")),
+                 *("    " + s for s in fmt(lines, "", "j")), f"    j += {T}", *rest]
+    return body
+
+
+def _ce_kernel(dt: np.dtype, tdt: np.dtype | None, acc: np.dtype, sink: str, ignore: bool,
+               regs: bool, T: int, B: int, K: int) -> gpu.Kernel:
+    """Per-row cross-entropy of (rows, n) logits ``x``; ``tdt``: the class-index dtype, None
+    for probability targets ``p``; ``sink``: 'none' (losses into ``out``) or 'per' (float64
+    into ``per``); ``ignore``: targets equal to ``ignore`` are skipped."""
+    U = red.unroll(dt.itemsize)
+    key = ("ce", dt.str, None if tdt is None else tdt.str, acc.str, sink, ignore, regs, T, B,
+           K if regs else U)
+    if key in _kernels:
+        return _kernels[key]
+    bf16 = dt == dtypes.bfloat16
+    probs = tdt is None
+    name = (f"cross_entropy_{'regs' if regs else 'stream'}_{_tag(dt)}_"
+            f"{'probs' if probs else _tag(tdt)}_{sink}{'_ign' if ignore else ''}_t{T}_b{B}"
+            f"_{'k' if regs else 'u'}{K if regs else U}")
+    f32 = [np.dtype(acc)]
+    alloc_a, tree_a = red.rows_reduce(["mx"], f32, "merge_max", T, B, "a")
+    sums = ["s", "sp", "spd"] if probs else ["s"]
+    alloc_b, tree_b = red.rows_reduce(sums, f32 * len(sums),
+                                      "merge_sum3" if probs else "merge_sum", T, B, "b")
+    loads = [f"{{v}} = {red.load_expr('x[base + {j}]', bf16)}"]
+    first = ["mx = {v} if {v} > mx or {v} != {v} else mx"]
+    second = ["s += exp_({v} - shift)"]
+    if probs:
+        second = [f"q{{s}} = {red.load_expr('p[base + {j}]', bf16)}", *second,
+                  "sp += q{s}", "spd += q{s} * (shift - {v})"]
+    between = [*tree_a, "shift = mx if finite(mx) else A(0)", *(f"{v} = A(0)" for v in sums)]
+    body = [*_head(T, B), *alloc_a, *alloc_b, "m = n if row < rows else 0", "base = row * n",
+            "mx = LOW", *_passes(first, second, loads, between, regs, T, K, U), *tree_b]
+    tail = ["ls = log_(np.float64(s))"]
+    if probs:
+        # A row of no classes (or of zero probabilities) adds nothing, even where ls is -inf.
+        tail += ["loss = np.float64(spd) + (ls * np.float64(sp) if sp != A(0) else 0.0)"]
+    else:
+        tail += ["ti = I64(tg[row])", "st = 1"]
+        tail += ["if ti == ign:", "    loss = 0.0", "    st = 0", "elif ti < 0 or ti >= n:"] \
+            if ignore else ["if ti < 0 or ti >= n:"]
+        tail += ["    loss = np.float64(np.nan)", "    st = 2", "else:",
+                 "    loss = (np.float64(shift) + ls) - np.float64("
+                 f"{red.load_expr('x[base + ti]', bf16)})", "stat[row] = np.int8(st)"]
+    tail.append(f"out[row] = {red.store_expr('loss', dt)}" if sink == "none" else
+                "per[row] = loss")
+    body += ["if t == 0 and row < rows:", *("    " + s for s in tail)]
+    params = ("x, p, " if probs else "x, tg, ") + ("out, " if sink == "none" else "per, ")
+    params += ("" if probs else "stat, ") + "rows, n" + (", ign" if ignore else "")
+    k = _kernels[key] = _build(name, params, body, acc)
+    return k
+
+
+def _finish_kernel(out_dt: np.dtype | None, stat: bool, mode: str, B: int) -> gpu.Kernel:
+    """One block folding ``L`` float64 ``per`` values in a fixed order into ``out[0]``: their
+    sum ('sum'), or the sum over ``count`` ('mean'; with ``stat`` the rows whose stat is 1,
+    counted). With ``stat`` the first index whose stat is 2 (``L`` if none) goes to
+    ``info[0]``; mode 'check' does only that."""
+    key = ("fin", None if out_dt is None else out_dt.str, stat, mode, B)
+    if key in _kernels:
+        return _kernels[key]
+    name = f"loss_finish_{mode}_{'stat' if stat else 'all'}_{_tag(out_dt or np.int8)}_b{B}"
+    f64, i64 = np.dtype(np.float64), np.dtype(np.int64)
+    vs, dts, merge = (["s", "c", "bad"], [f64, i64, i64], "merge_fin") if stat else \
+        (["s"], [f64], "merge_sum")
+    alloc, tree = red.rows_reduce(vs, dts, merge, B, B, "f")
+    body = [*_head(B, B), *alloc, "s = A(0)", "c = I64(0)", "bad = I64(L)", "j = tid",
+            "while j < L:"]
+    if stat:
+        body += ["    st = stat[j]", "    if st == 1:", "        c += 1"]
+        body += ["        s += per[j]"] if mode != "check" else []
+        body += ["    if st == 2 and bad == L:", "        bad = j"]
+    else:
+        body += ["    s += per[j]"]
+    body += [f"    j += {B}", *tree, "if tid == 0:"]
+    if stat:
+        body += ["    info[0] = bad", "    count = A(c)"]
+    if mode != "check":
+        value = "s" if mode == "sum" else "(s / count if count != A(0) else A(np.nan))"
+        body += [f"    out[0] = {red.store_expr(value, out_dt)}"]
+    params = ", ".join((["per"] if mode != "check" or not stat else []) +
+                       (["stat"] if stat else []) + ["L"] + ([] if stat else ["count"]) +
+                       (["out"] if mode != "check" else []) + (["info"] if stat else []))
+    k = _kernels[key] = _build(name, params, body, np.dtype(np.float64))
+    return k
+
+
+POINTWISE = {
+    "mse": ["d{s} = {x} - {y}", "{v} = d{s} * d{s}"],
+    "kl": ["{v} = ({y} * log_({y}) if {y} != A(0) else A(0)) - {y} * {x}"],
+    "kl_log": ["{v} = exp_({y}) * ({y} - {x})"],
+}
+"""Pointwise losses in the compute type A: lines in ``x`` (pred / input), ``y`` (target)."""
+
+
+def _pointwise_kernel(name: str, adt: np.dtype, bdt: np.dtype, modes: tuple[str, str],
+                      out_dt: np.dtype, sink: str, B: int) -> gpu.Kernel:
+    """Grid-stride pass over ``n`` flat elements of ``a`` and ``b`` (each 'flat' or a 'scalar'):
+    the pointwise loss into ``out`` (sink 'none') or float64 block sums into ``part``."""
+    key = ("pw", name, adt.str, bdt.str, modes, out_dt.str, sink, B)
+    if key in _kernels:
+        return _kernels[key]
+    acc = np.dtype(np.float64 if out_dt == dtypes.float64 else np.float32)
+    U = 4
+    kname = f"loss_{name}_{_tag(adt)}_{_tag(bdt)}_{'_'.join(modes)}_{_tag(out_dt)}_{sink}_b{B}"
+
+    def element(s: str, i: str) -> list[str]:
+        xi, yi = (i if mode == "flat" else "0" for mode in modes)
+        lines = [f"x{s} = {red.load_expr(f'a[{xi}]', adt == dtypes.bfloat16)}",
+                 f"y{s} = {red.load_expr(f'b[{yi}]', bdt == dtypes.bfloat16)}"]
+        return lines + [line.format(x=f"x{s}", y=f"y{s}", v=f"v{s}", s=s)
+                        for line in POINTWISE[name]]
+
+    def use(s: str, i: str) -> str:
+        return (f"out[{i}] = {red.store_expr(f'v{s}', out_dt)}" if sink == "none" else
+                f"tot += np.float64(v{s})")
+
+    alloc, tree = red.rows_reduce(["tot"], [np.dtype(np.float64)], "merge_sum", B, B, "p") \
+        if sink == "part" else ([], [])
+    body = [*_head(B, B), *alloc, f"step = gpu.gridDim.x * {B}", f"i = gpu.blockIdx.x * {B} + tid",
+            "tot = np.float64(0)", f"while i < n - {U - 1} * step:"]
+    for u in range(U):
+        body += ["    " + s for s in element(str(u), f"i + {u} * step")]
+    body += [f"    {use(str(u), f'i + {u} * step')}" for u in range(U)]
+    body += [f"    i += {U} * step", "while i < n:", *("    " + s for s in element("", "i")),
+             f"    {use('', 'i')}", "    i += step", *tree]
+    if sink == "part":
+        body += ["if tid == 0:", "    part[gpu.blockIdx.x] = tot"]
+    params = "a, b, n, " + ("out" if sink == "none" else "part")
+    k = _kernels[key] = _build(kname, params, body, acc)
+    return k
+
+
+# --- launching --------------------------------------------------------------------------------
+
+class _Plan:
+    """The launches of one call layout, replayed by later calls with new data pointers: each
+    launch names its array arguments by role (the caller's arrays, or temporaries allocated
+    per call)."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[gpu.Prepared, tuple[str, ...]]] = []
+        self.temps: dict[str, tuple[int, np.dtype]] = {}
+
+    def __call__(self, env: dict[str, Any]) -> dict[str, Any]:
+        xp = gpu.array_module()
+        for role, (n, dt) in self.temps.items():
+            env[role] = xp.empty(n, dt)
+        for prepared, roles in self.steps:
+            prepared([env[r].data.ptr for r in roles])
+        return env
+
+
+def _launch(plan: _Plan | None, kern: gpu.Kernel, grid: Any, block: int, args: Sequence[Any],
+            roles: Sequence[str]) -> None:
+    """Launch ``kern``; with a ``plan``, record it (``roles`` names the array arguments)."""
+    prepared = gpu.prepare(kern, grid, block, args) if plan is not None else None
+    if prepared is None:
+        gpu.launch(kern, grid, block, args)
+        return
+    plan.steps.append((prepared, tuple(roles)))
+    prepared([a.data.ptr for a in args if not isinstance(a, (int, float))])
+
+
+def _temp(plan: _Plan | None, env: dict[str, Any], role: str, n: int, dt: Any) -> Any:
+    env[role] = gpu.array_module().empty(n, dt)
+    if plan is not None:
+        plan.temps[role] = (n, np.dtype(dt))
+    return env[role]
+
+
+_plans: dict[tuple[Any, ...], _Plan] = {}
+
+
+def _store_plan(key: tuple[Any, ...], plan: _Plan | None) -> None:
+    if plan is not None and plan.steps:
+        if len(_plans) > 4096:
+            _plans.clear()
+        _plans[key] = plan
+
+
+def _fin_block() -> int:
+    return 32 if gpu.SIMULATOR else 1024
+
+
+# --- cross_entropy ----------------------------------------------------------------------------
+
+def _rows(a: Any) -> Any:
+    """PyTorch-layout logits (or probabilities) as C-contiguous (R, C) rows."""
+    xp = gpu.array_module()
+    if a.ndim == 1:
+        return xp.ascontiguousarray(a).reshape(1, -1)
+    rows = math.prod(a.shape[:1] + a.shape[2:])
+    return xp.ascontiguousarray(xp.moveaxis(a, 1, -1)).reshape(rows, a.shape[1])
+
+
+def _bad_target(targets: Any, flat: Any, row: int, c: int, ignore: int | None) -> Exception:
+    value = int(flat[row])
+    return op_error(ArgumentError, "cross_entropy", f"target {value} is out of range: class "
+                    f"indices must lie in [0, {c})" + (f" or equal ignore_index={ignore}"
+                                                       if ignore is not None else ""),
+                    "fix the labels, or pass ignore_index= for padding labels", [targets])
+
+
+def _ce_direct(logits: Any, targets: Any) -> bool:
+    """Rows are already C-contiguous (R, C) and targets flat: the kernels read them as given."""
+    return (logits.ndim <= 2 and logits.flags.c_contiguous and targets.flags.c_contiguous)
+
+
+def _ce(logits: Any, targets: Any, out: Any, reduction: str, ignore: int | None,
+        config: Config) -> None:
+    probs = targets.dtype in dtypes.FLOATS
+    if ignore is not None and not -2 ** 63 <= ignore < 2 ** 63:
+        ignore = None                   # no int64 class index can equal it
+    direct = _ce_direct(logits, targets)
+    key = ("ce", logits.shape, logits.dtype, targets.dtype, reduction, ignore, config)
+    plan = _plans.get(key) if direct else None
+    if plan is not None:
+        env = plan({"x": logits, "t": targets, "out": out})
+    else:
+        plan = _Plan() if direct and not gpu.HOST_ARRAYS else None
+        env = _ce_launch(logits, targets, out, reduction, ignore, config, probs, plan)
+        _store_plan(key, plan)
+    if probs or gpu.COMPILE_ONLY or "info" not in env:
+        return
+    # The one host sync: whether some target was out of range.
+    info = env["info"]
+    bad = int(info[0]) if gpu.HOST_ARRAYS else int(info.get()[0])
+    rows = math.prod(targets.shape)
+    if bad < rows:
+        raise _bad_target(targets, targets.reshape(-1), bad,
+                          logits.shape[class_axis(logits.ndim)], ignore)
+
+
+def _ce_launch(logits: Any, targets: Any, out: Any, reduction: str, ignore: int | None,
+               config: Config, probs: bool, plan: _Plan | None) -> dict[str, Any]:
+    env = {"x": logits, "t": targets, "out": out}
+    c = logits.shape[class_axis(logits.ndim)]
+    x = _rows(logits)
+    rows = x.shape[0]
+    dt = np.dtype(logits.dtype)
+    acc = np.dtype(np.float64 if dt == dtypes.float64 else np.float32)
+    xs = gpu.kernel_view(x).reshape(-1)
+    tg = gpu.kernel_view(_rows(targets)).reshape(-1) if probs else \
+        gpu.array_module().ascontiguousarray(targets).reshape(-1)
+    T = min(red.TMAX, red.pow2ceil(-(-c // config.work)))
+    K = red.pow2ceil(-(-c // T))
+    regs = K <= min(KMAX, config.kmax)
+    B = max(T, config.block)
+    sink = "none" if reduction == "none" else "per"
+    kern = _ce_kernel(dt, None if probs else np.dtype(tg.dtype), acc, sink,
+                      ignore is not None and not probs, regs, T, B, K)
+    dest = red.out_storage(out).reshape(-1) if sink == "none" else \
+        _temp(plan, env, "per", rows, np.float64)
+    args, roles = [xs, tg, dest], ["x", "t", "out" if sink == "none" else "per"]
+    if not probs:
+        args.append(_temp(plan, env, "stat", rows, np.int8))
+        roles.append("stat")
+    args += [rows, c] + ([ignore] if ignore is not None and not probs else [])
+    _launch(plan, kern, -(-rows // (B // T)), B, args, roles)
+    if sink == "none" and (probs or rows == 0):
+        return env
+    FB = _fin_block()
+    mode = "check" if sink == "none" else reduction
+    fin = _finish_kernel(None if mode == "check" else np.dtype(out.dtype), not probs, mode, FB)
+    args, roles = ([env["per"]], ["per"]) if mode != "check" else ([], [])
+    if not probs:
+        args.append(env["stat"])
+        roles.append("stat")
+    args.append(rows)
+    if probs:
+        args.append(float(rows))
+    if mode != "check":
+        args.append(red.out_storage(out).reshape(-1))
+        roles.append("out")
+    if not probs:
+        args.append(_temp(plan, env, "info", 1, np.int64))
+        roles.append("info")
+    _launch(plan, fin, 1, FB, args, roles)
+    return env
+
+
+# --- mse and kl_divergence --------------------------------------------------------------------
+
+def _pointwise(name: str, a: Any, b: Any, out: Any, reduction: str, config: Config) -> None:
+    shape = tuple(np.broadcast_shapes(a.shape, b.shape))
+    n = math.prod(shape)
+    if n == 0:
+        if reduction != "none":
+            count = (shape[0] if shape else 1) if reduction == "batchmean" else n
+            red.fill(out, 0.0 if reduction == "sum" or count else np.nan)
+        return
+
+    def mode(v: Any) -> str:
+        return "scalar" if v.size == 1 else "flat" if tuple(v.shape) == shape and \
+            v.flags.c_contiguous else "copy"
+
+    modes = (mode(a), mode(b))
+    direct = "copy" not in modes
+    key = (name, reduction, a.shape, a.dtype, a.strides, b.shape, b.dtype, b.strides,
+           out.dtype, config)
+    plan = _plans.get(key) if direct else None
+    if plan is not None:
+        plan({"a": a, "b": b, "out": out})
+        return
+    plan = _Plan() if direct and not gpu.HOST_ARRAYS else None
+    xp = gpu.array_module()
+    env = {"a": a, "b": b, "out": out}
+    ops = [gpu.kernel_view(v if m != "copy" else
+                           xp.ascontiguousarray(xp.broadcast_to(v, shape))).reshape(-1)
+           for v, m in zip((a, b), modes)]
+    modes = tuple("flat" if m == "copy" else m for m in modes)
+    if n == 1:
+        modes = ("scalar", "scalar")
+    B = config.block
+    grid = min(GRID, -(-n // (B * 4)))
+    sink = "none" if reduction == "none" else "part"
+    kern = _pointwise_kernel(name, np.dtype(a.dtype), np.dtype(b.dtype), modes,
+                             np.dtype(out.dtype), sink, B)
+    if sink == "none":
+        _launch(plan, kern, grid, B, [*ops, n, red.out_storage(out).reshape(-1)],
+                ["a", "b", "out"])
+    else:
+        part = _temp(plan, env, "part", grid, np.float64)
+        _launch(plan, kern, grid, B, [*ops, n, part], ["a", "b", "part"])
+        count = (shape[0] if shape else 1) if reduction == "batchmean" else n
+        FB = _fin_block()
+        fin = _finish_kernel(np.dtype(out.dtype), False, "sum" if reduction == "sum" else "mean",
+                             FB)
+        _launch(plan, fin, 1, FB, [part, grid, float(count), red.out_storage(out).reshape(-1)],
+                ["part", "out"])
+    _store_plan(key, plan)
+
+
+# --- registration -----------------------------------------------------------------------------
+
+CONFIGS = [Config(block=256, work=8, kmax=KMAX), Config(block=256, work=16, kmax=KMAX),
+           Config(block=128, work=8, kmax=KMAX), Config(block=512, work=4, kmax=KMAX)]
+"""``block``: threads a block (at least); ``work``: logits a thread aims at (rows of 8192 in
+groups of 1024 threads, 8 registers each); ``kmax``: most logits a thread keeps in registers
+(longer rows are read twice)."""
+SIM_CONFIG = Config(block=32, work=8, kmax=KMAX)
+"""Under the simulator (every thread a Python thread): small blocks."""
+
+
+def _heuristic(metas: Sequence[Any], attrs: dict[str, Any]) -> Config:
+    return SIM_CONFIG if gpu.SIMULATOR else CONFIGS[0]
+
+
+def _ce_supports(metas: Sequence[Any], attrs: dict[str, Any]) -> bool:
+    return metas[0].dtype in dtypes.FLOATS
+
+
+def _pair_supports(metas: Sequence[Any], attrs: dict[str, Any]) -> bool:
+    return all(m.dtype in dtypes.FLOATS for m in metas)
+
+
+@kernel("cross_entropy", backend="cuda", supports=_ce_supports, configs=CONFIGS,
+        heuristic=_heuristic)
+def cross_entropy_cuda(logits: Any, targets: Any, *, out: Any, config: Config, reduction: str,
+                       ignore_index: int | None) -> None:
+    """Per-row losses in one pass, then a fixed-order float64 mean/sum; raises ArgumentError
+    for a class index outside [0, C) (one host sync with class-index targets)."""
+    _ce(logits, targets, out, reduction, ignore_index, config)
+
+
+@kernel("mse", backend="cuda", supports=_pair_supports, configs=CONFIGS, heuristic=_heuristic)
+def mse_cuda(pred: Any, target: Any, *, out: Any, config: Config, reduction: str) -> None:
+    """Squared differences in one pass; sums in float64 per block, then in one block."""
+    _pointwise("mse", pred, target, out, reduction, config)
+
+
+@kernel("kl_divergence", backend="cuda", supports=_pair_supports, configs=CONFIGS,
+        heuristic=_heuristic)
+def kl_divergence_cuda(input: Any, target: Any, *, out: Any, config: Config, reduction: str,
+                       log_target: bool) -> None:
+    """PyTorch's pointwise KL in one pass; sums in float64 per block, then in one block."""
+    _pointwise("kl_log" if log_target else "kl", input, target, out, reduction, config)
+
+
+__all__ = ["CONFIGS", "KMAX", "GRID", "POINTWISE"]

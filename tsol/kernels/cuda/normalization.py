@@ -1,1 +1,264 @@
-"""CUDA kernels for the normalization ops (in progress)."""
+"""CUDA kernels for layernorm and rmsnorm over the last axis, generated per storage dtypes and tile.
+
+The input is viewed as C-contiguous ``(rows, n)`` (a copy first when it is not C-contiguous);
+statistics are computed in float32 (float64 for float64 input), ``gamma``/``beta`` are read in
+their own dtypes (any float dtype, any stride) and converted to the compute type per element.
+
+- ``n <= K * T`` with ``K <= kmax`` (the register path, one read and one write): groups of ``T``
+  threads (a power of two) own one row each, ``B // T`` rows a block; thread ``t`` keeps
+  elements ``t + k * T`` (``k < K``, coalesced across the group) in registers. Layernorm: the
+  sum gives ``hi``, the rounded mean; the pair (sum of ``d = x - hi``, sum of ``d * d``) gives
+  ``lo``, the mean of ``d`` (what rounding the mean lost), and the variance
+  ``(sum(d * d) - sum(d) * lo) / n`` about the exact mean: no cancellation however large the
+  mean. Each sum is a xor-shuffle tree (and one shared-memory step across the group's warps,
+  ``reduction.rows_reduce``). The row is written from the registers as
+  ``((x - hi) - lo) * rstd * gamma + beta``. RMSnorm: one tree, the sum of ``x * x``.
+- longer rows: Welford (count, mean, M2) states of each row from the reduction kernels
+  (``reduction.run("var", ...)``, split into segments over several blocks when rows are few),
+  then a streaming kernel (a block per row segment) writes the result: two reads, one write.
+  RMSnorm's mean square is ``M2 / n + mean**2`` (two non-negative terms).
+
+Trees have fixed shapes, so results are bitwise repeatable. ``out`` may be ``x`` itself: every
+element is read before the same thread writes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from tsol import dtypes
+from tsol.kernels.cuda import gpu
+from tsol.kernels.cuda import reduction as red
+from tsol.registry import Config, kernel
+
+KMAX = 32
+"""Most elements a thread keeps in registers: rows up to 32 * 1024 elements in one pass."""
+
+_FUNCS = '''
+@gpu.device
+def merge_sum(c0, o0):
+    return (c0 + o0,)
+
+
+@gpu.device
+def merge_sum2(c0, c1, o0, o1):
+    return c0 + o0, c1 + o1
+
+
+@gpu.device
+def inv_std(var, eps):
+    # 1 / sqrt(var + eps) in float64, as the CPU kernels round it.
+    return A(1.0 / sqrt_(np.float64(var) + eps))
+'''
+
+_kernels: dict[tuple[Any, ...], gpu.Kernel] = {}
+
+
+def _tag(dt: np.dtype | None) -> str:
+    if dt is None:
+        return "no"
+    return "bf16" if dt == dtypes.bfloat16 else np.dtype(dt).name
+
+
+def _affine(v: str, j: str, gdt: np.dtype | None, bdt: np.dtype | None) -> str:
+    """``v`` scaled by ``gamma[j]`` and shifted by ``beta[j]`` (those present)."""
+    if gdt is not None:
+        v = f"{v} * {red.load_expr(f'g[{j}]', gdt == dtypes.bfloat16)}"
+    if bdt is not None:
+        v = f"{v} + {red.load_expr(f'b[{j}]', bdt == dtypes.bfloat16)}"
+    return v
+
+
+def _params(gdt: np.dtype | None, bdt: np.dtype | None) -> str:
+    return "".join(f"{p}, " for p, d in (("g", gdt), ("b", bdt)) if d is not None)
+
+
+def _row_kernel(dt: np.dtype, gdt: np.dtype | None, bdt: np.dtype | None, acc: np.dtype,
+                rms: bool, T: int, B: int, K: int) -> gpu.Kernel:
+    """Rows held in registers: K elements a thread, T threads a row, B // T rows a block."""
+    key = ("row", dt.str, _tag(gdt), _tag(bdt), acc.str, rms, T, B, K)
+    if key in _kernels:
+        return _kernels[key]
+    bf16 = dt == dtypes.bfloat16
+    name = (f"{'rms' if rms else 'layer'}norm_row_{_tag(dt)}_g{_tag(gdt)}_b{_tag(bdt)}"
+            f"_t{T}_b{B}_k{K}")
+    accs = [np.dtype(acc)]
+    body = ["tid = gpu.threadIdx.x", "lane = tid & 31", "warp = tid >> 5",
+            f"t = tid & {T - 1}", f"row = gpu.blockIdx.x * {B // T} + (tid >> {red.log2(T)})",
+            "m = n if row < rows else 0", "base = row * n"]
+    for k in range(K):
+        body += [f"j{k} = t + {k * T}", f"v{k} = A(0)", f"if j{k} < m:",
+                 f"    v{k} = {red.load_expr(f'x[base + j{k}]', bf16)}"]
+    if rms:
+        alloc, tree = red.rows_reduce(["s2"], accs, "merge_sum", T, B, "a")
+        body += alloc + ["s2 = A(0)"] + [f"s2 += v{k} * v{k}" for k in range(K)] + tree
+        body += ["rstd = inv_std(s2 / A(n), eps)"]
+        value = "v{k} * rstd"
+    else:
+        alloc_a, tree_a = red.rows_reduce(["s"], accs, "merge_sum", T, B, "a")
+        alloc_b, tree_b = red.rows_reduce(["d1", "d2"], accs * 2, "merge_sum2", T, B, "b")
+        body += alloc_a + alloc_b + ["s = A(0)"] + [f"s += v{k}" for k in range(K)] + tree_a
+        body += ["hi = s / A(n)", "d1 = A(0)", "d2 = A(0)"]
+        for k in range(K):
+            body += [f"if j{k} < m:", f"    d = v{k} - hi", "    d1 += d", "    d2 += d * d"]
+        body += tree_b
+        # sum((d - lo)^2) = sum(d^2) - sum(d) * lo, with lo = sum(d) / n.
+        body += ["lo = d1 / A(n)", "var = (d2 - d1 * lo) / A(n)",
+                 "rstd = inv_std(var if var > A(0) else A(0), eps)"]
+        value = "((v{k} - hi) - lo) * rstd"
+    for k in range(K):
+        body += [f"if j{k} < m:", f"    out[base + j{k}] = "
+                 f"{red.store_expr(_affine(value.format(k=k), f'j{k}', gdt, bdt), dt)}"]
+    params = f"x, {_params(gdt, bdt)}out, rows, n, eps"
+    source = _FUNCS + f"\n\ndef {name}({params}):\n" + red.indent(body, 4) + "\n"
+    k = _kernels[key] = red.build(name, source, red.namespace(acc), __name__)
+    return k
+
+
+def _apply_kernel(dt: np.dtype, gdt: np.dtype | None, bdt: np.dtype | None, acc: np.dtype,
+                  rms: bool, B: int, U: int) -> gpu.Kernel:
+    """The result from per-row Welford (mean, M2) states: a block per segment of ``seg``
+    elements of a row (``blockIdx.x`` the row, ``blockIdx.y`` the segment), U loads in flight
+    a thread."""
+    key = ("apply", dt.str, _tag(gdt), _tag(bdt), acc.str, rms, B, U)
+    if key in _kernels:
+        return _kernels[key]
+    bf16 = dt == dtypes.bfloat16
+    name = (f"{'rms' if rms else 'layer'}norm_apply_{_tag(dt)}_g{_tag(gdt)}_b{_tag(bdt)}"
+            f"_b{B}_u{U}")
+    if rms:
+        stats = ["mu = mean[row]", "rstd = inv_std(m2[row] / A(n) + mu * mu, eps)"]
+        value = "v{u} * rstd"
+    else:
+        stats = ["mu = mean[row]", "rstd = inv_std(m2[row] / A(n), eps)"]
+        value = "(v{u} - mu) * rstd"
+
+    def step(u: str, j: str) -> list[str]:
+        return [f"out[base + {j}] = "
+                f"{red.store_expr(_affine(value.format(u=u), j, gdt, bdt), dt)}"]
+
+    body = ["tid = gpu.threadIdx.x", "row = gpu.blockIdx.x", *stats, "base = row * n",
+            "lo = gpu.blockIdx.y * seg", "hi = min(lo + seg, n)", "j = lo + tid",
+            f"while j < hi - {(U - 1) * B}:"]
+    body += [f"    v{u} = {red.load_expr(f'x[base + j + {u * B}]', bf16)}" for u in range(U)]
+    for u in range(U):
+        body += ["    " + s for s in step(str(u), f"j + {u * B}")]
+    body += [f"    j += {U * B}", "while j < hi:",
+             f"    v = {red.load_expr('x[base + j]', bf16)}", *("    " + s for s in step("", "j")),
+             f"    j += {B}"]
+    params = f"x, mean, m2, {_params(gdt, bdt)}out, n, eps, seg"
+    source = _FUNCS + f"\n\ndef {name}({params}):\n" + red.indent(body, 4) + "\n"
+    k = _kernels[key] = red.build(name, source, red.namespace(acc), __name__)
+    return k
+
+
+def _row_tile(n: int, config: Config) -> tuple[int, int, int] | None:
+    """(T, B, K) of the register path for rows of n elements, or None when they do not fit."""
+    T = min(red.TMAX, red.pow2ceil(-(-n // config.work)))
+    K = red.pow2ceil(-(-n // T))
+    if K > min(KMAX, config.kmax):
+        return None
+    return T, max(T, config.block), K
+
+
+def _dt(a: Any) -> np.dtype | None:
+    return None if a is None else np.dtype(a.dtype)
+
+
+def _layout(a: Any) -> Any:
+    return None if a is None else (a.dtype, a.strides)
+
+
+_prepared: dict[tuple[Any, ...], gpu.Prepared] = {}
+"""Register-path launches by (op, x's shape and dtype, gamma/beta dtypes and strides, eps,
+config): later calls repack only the data pointers."""
+
+
+def _run(x: Any, gamma: Any, beta: Any, out: Any, eps: float, rms: bool,
+         config: Config) -> None:
+    if x.size == 0:
+        return
+    key = (rms, x.shape, x.dtype, _layout(gamma), _layout(beta), eps, config)
+    arrays = [a for a in (x, gamma, beta, out) if a is not None]
+    prepared = _prepared.get(key) if x.flags.c_contiguous else None
+    if prepared is not None:
+        prepared([a.data.ptr for a in arrays])
+        return
+    xp = gpu.array_module()
+    if not x.flags.c_contiguous:
+        x = xp.ascontiguousarray(x)
+    n = x.shape[-1]
+    rows = x.size // n
+    dt, gdt, bdt = np.dtype(x.dtype), _dt(gamma), _dt(beta)
+    acc = np.dtype(np.float64 if dt == dtypes.float64 else np.float32)
+    xs, os_ = gpu.kernel_view(x).reshape(-1), gpu.kernel_view(out).reshape(-1)
+    params = [gpu.kernel_view(p) for p in (gamma, beta) if p is not None]
+    tile = _row_tile(n, config)
+    if tile is not None:
+        T, B, K = tile
+        kern = _row_kernel(dt, gdt, bdt, acc, rms, T, B, K)
+        grid = -(-rows // (B // T))
+        args = [xs, *params, os_, rows, n, float(eps)]
+        prepared = gpu.prepare(kern, grid, B, args)
+        if prepared is None:
+            gpu.launch(kern, grid, B, args)
+            return
+        if len(_prepared) > 4096:
+            _prepared.clear()
+        if arrays[0] is x:                  # keyed by the caller's layout: contiguous x only
+            _prepared[key] = prepared
+        prepared([a.data.ptr for a in [x, *params, out]])
+        return
+    # Long rows: Welford states per row (segments over several blocks when rows are few),
+    # then one streaming pass.
+    _, mean, m2 = red.run("var", xs, rows, n, 1, acc,
+                          Config(block=config.block, work=16, split=config.split),
+                          bf16=dt == dtypes.bfloat16)
+    B = config.block
+    U = red.unroll(xs.dtype.itemsize)
+    target = red.sms() * max(1, 2048 // B) * 2
+    S = max(1, min(-(-target // rows), -(-n // (B * 4 * U)), 65535))
+    seg = -(-n // S)
+    S = -(-n // seg)
+    gpu.launch(_apply_kernel(dt, gdt, bdt, acc, rms, B, U), (rows, S), B,
+               [xs, mean, m2, *params, os_, n, float(eps), seg])
+
+
+def _supports(metas: Sequence[Any], attrs: dict[str, Any]) -> bool:
+    # gamma/beta may be absent (None); the op's meta rule has checked their shapes and dtypes.
+    return metas[0].dtype in dtypes.FLOATS and all(
+        m is None or m.dtype in dtypes.FLOATS for m in metas[1:])
+
+
+CONFIGS = [Config(block=256, work=8, kmax=KMAX, split=0),
+           Config(block=256, work=16, kmax=KMAX, split=0),
+           Config(block=128, work=8, kmax=KMAX, split=0),
+           Config(block=512, work=4, kmax=KMAX, split=0)]
+"""``block``: threads a block (at least); ``work``: elements a thread aims at (rows of 4096
+in groups of 512 threads, 8 registers each); ``kmax``: most elements a thread keeps in
+registers (longer rows take the two-pass path); ``split``: at least this many segments a row
+in the two-pass statistics (tests)."""
+SIM_CONFIG = Config(block=32, work=8, kmax=KMAX, split=0)
+"""Under the simulator (every thread a Python thread): small blocks."""
+
+
+def _heuristic(metas: Sequence[Any], attrs: dict[str, Any]) -> Config:
+    return SIM_CONFIG if gpu.SIMULATOR else CONFIGS[0]
+
+
+@kernel("layernorm", backend="cuda", configs=CONFIGS, supports=_supports, heuristic=_heuristic)
+def layernorm_cuda(x: Any, gamma: Any, beta: Any, *, out: Any, config: Config,
+                   eps: float) -> None:
+    """Layernorm over the last axis; statistics in float32 (float64 for float64 input)."""
+    _run(x, gamma, beta, out, eps, False, config)
+
+
+@kernel("rmsnorm", backend="cuda", configs=CONFIGS, supports=_supports, heuristic=_heuristic)
+def rmsnorm_cuda(x: Any, gamma: Any, *, out: Any, config: Config, eps: float) -> None:
+    """RMSnorm over the last axis; statistics in float32 (float64 for float64 input)."""
+    _run(x, gamma, None, out, eps, True, config)
+
+
+__all__ = ["CONFIGS", "KMAX"]

@@ -1,0 +1,227 @@
+"""CUDA cross_entropy, mse and kl_divergence against the float64 reference: every float dtype
+and reduction, odd class counts, PyTorch's layouts ([C], [N, C], [N, C, d]), ignore_index,
+probability targets, rows longer than the registers hold (read twice), multi-warp rows,
+broadcasting and promotion, views, out=, empty inputs, repeatability and user errors."""
+
+import numpy as np
+import pytest
+
+import tsol
+from tests.cuda.support import (
+    COMPILE_ONLY,
+    CUDA_TESTS,
+    check,
+    on_cuda,
+    run,
+    size,
+    to_device,
+    to_host,
+)
+from tests.support import FLOAT_DTYPES, dtype_id, rand
+from tsol.errors import ArgumentError, DTypeError, ShapeError, TSOLError
+from tsol.ops import base
+from tsol.registry import Config, kernels
+
+pytestmark = [*CUDA_TESTS, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
+
+REDUCTIONS = ["mean", "sum", "none"]
+CE_MEAN = {"reduction": "mean", "ignore_index": None}
+CE_NONE = {"reduction": "none", "ignore_index": None}
+
+
+@pytest.fixture
+def forced(monkeypatch):
+    """``forced(config)``: the cuda kernels run with ``config`` instead of the heuristic's."""
+    def use(config):
+        def pick(opdef, backend, metas, attrs):
+            return (kernels(opdef.name, "cuda")[0], config) if backend == "cuda" else None
+        monkeypatch.setattr(base, "selector", pick)
+    return use
+
+
+def probs(shape, dt, rng):
+    cax = 0 if len(shape) == 1 else 1
+    p = rng.random(shape)
+    return (p / np.maximum(p.sum(axis=cax, keepdims=True), 1e-12)).astype(dt)
+
+
+def ce_cases(shape, dt, rng):
+    """(targets, ignore_index) pairs: class indices, with one ignored, and probabilities."""
+    cax = 0 if len(shape) == 1 else 1
+    rows = shape[:cax] + shape[cax + 1:]
+    t = rng.integers(0, shape[cax], rows)
+    ignored = t.copy()
+    ignored.reshape(-1)[:1] = -100
+    return [(t, None), (ignored, -100), (probs(shape, dt, rng), None)]
+
+
+def check_ce(x, rng, reductions=REDUCTIONS):
+    for targets, ignore in ce_cases(x.shape, x.dtype, rng):
+        for red in reductions:
+            check("cross_entropy", [x, targets], {"reduction": red, "ignore_index": ignore},
+                  x.dtype)
+
+
+@pytest.mark.parametrize("dt", FLOAT_DTYPES, ids=dtype_id)
+def test_cross_entropy_dtypes_and_odd_classes(dt, rng):
+    check_ce(rand((size(5, 300), size(37, 4099)), dt, rng, low=-5.0, high=5.0), rng)
+    check_ce(rand((3, size(129, 32000)), dt, rng, low=-5.0, high=5.0), rng, ["none"])
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 5, 4), (2, 6, 3, 2), (1, 1)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_cross_entropy_layouts(shape, rng):
+    check_ce(rand(shape, np.float32, rng, low=-5.0, high=5.0), rng)
+
+
+@pytest.mark.parametrize("dt", [np.float32, "bfloat16"], ids=dtype_id)
+def test_cross_entropy_long_rows_streamed(dt, forced, rng):
+    """Rows longer than the registers hold: two streaming reads per row."""
+    forced(Config(block=32, work=8, kmax=1))
+    check_ce(rand((3, size(301, 300_001)), np.float32, rng, low=-5.0, high=5.0).astype(dt),
+             rng, ["none", "mean"])
+
+
+def test_cross_entropy_multi_warp_rows(forced, rng):
+    forced(Config(block=128, work=1, kmax=32))
+    check_ce(rand((3, size(101, 5000)), np.float32, rng, low=-5.0, high=5.0), rng, ["none"])
+
+
+def test_cross_entropy_edges(rng):
+    x = rand((6, 5), np.float32, rng)
+    # Every target ignored: the mean is 0/0 = NaN, as in PyTorch; the sum is 0.
+    all_ignored = np.full(6, 3)
+    mean = run("cross_entropy", [x, all_ignored], {"ignore_index": 3})
+    total = run("cross_entropy", [x, all_ignored], {"ignore_index": 3, "reduction": "sum"})
+    assert COMPILE_ONLY or (np.isnan(mean) and total == 0)
+    # Huge logits stay finite (the max is subtracted); uint8 and int32 targets work; -inf
+    # logits (masked classes) are fine away from the target.
+    big = np.array([[1000.0, 0.0, -np.inf], [0.0, 1000.0, -np.inf]], np.float32)
+    check("cross_entropy", [big, np.array([0, 0], np.uint8)], CE_NONE, np.float32)
+    check("cross_entropy", [x, rng.integers(0, 5, 6).astype(np.int32)], CE_MEAN, np.float32)
+    nan = x.copy()
+    nan[2, 1] = np.nan
+    check("cross_entropy", [nan, rng.integers(0, 5, 6)], CE_NONE, np.float32)
+    # Views (copied to rows first) and out=.
+    t = rng.integers(0, 6, 5)
+    check("cross_entropy", [x.T, t], CE_MEAN, np.float32)
+    with on_cuda():
+        out = to_device(np.full(6, np.nan, np.float32))
+        assert tsol.cross_entropy(to_device(x), to_device(t[:1].repeat(6) % 5),
+                                  reduction="none", out=out) is out
+    # Empty: no samples (mean NaN, sum 0) and no classes with every target ignored.
+    got = run("cross_entropy", [np.zeros((0, 3), np.float32), np.zeros(0, np.int64)])
+    assert COMPILE_ONLY or np.isnan(got)
+    assert run("cross_entropy", [np.zeros((0, 3), np.float32), np.zeros(0, np.int64)],
+               {"reduction": "none"}).shape == (0,)
+    got = run("cross_entropy", [np.zeros((2, 0), np.float32), np.full(2, -1)],
+              {"ignore_index": -1, "reduction": "sum"})
+    assert COMPILE_ONLY or got == 0
+
+
+def test_cross_entropy_repeated_calls(rng):
+    """Later calls replay the recorded launches with new pointers; results are bitwise equal."""
+    x = rand((size(6, 512), size(40, 8192)), np.float32, rng)
+    t = rng.integers(0, x.shape[1], x.shape[0])
+    first = run("cross_entropy", [x, t], {"reduction": "mean", "ignore_index": 0})
+    for _ in range(2):
+        again = run("cross_entropy", [x, t], {"reduction": "mean", "ignore_index": 0})
+        if not COMPILE_ONLY:
+            assert again.tobytes() == first.tobytes()
+    check("cross_entropy", [rand(x.shape, np.float32, rng), t],
+          {"reduction": "mean", "ignore_index": 0}, np.float32)
+
+
+def test_cross_entropy_errors(rng):
+    x = rand((4, 3), np.float32, rng)
+    cases = [
+        (ArgumentError, [x, np.array([0, 1, 3, 0])], {}, ["target 3", "[0, 3)"]),
+        (ArgumentError, [x, np.array([0, -1, 2, 0])], {"ignore_index": -100}, ["target -1"]),
+        (ArgumentError, [x, np.array([0, -1, 2, 0])], {"reduction": "none"}, ["target -1"]),
+        (ShapeError, [x, np.array([0, 1, 2])], {}, ["(4,)"]),
+        (DTypeError, [x, np.zeros((4, 3))], {}, ["dtype"]),
+        (ArgumentError, [x, probs((4, 3), np.float32, rng)], {"ignore_index": 0},
+         ["ignore_index"]),
+        (DTypeError, [x.astype(np.int32), np.zeros(4, np.int64)], {}, []),
+    ]
+    for cls, inputs, attrs, fragments in cases:
+        if COMPILE_ONLY and cls is ArgumentError and "target" in fragments[0]:
+            run("cross_entropy", inputs, attrs)       # compiled, not run: nothing to check
+            continue
+        with pytest.raises(cls) as info:
+            run("cross_entropy", inputs, attrs)
+        assert isinstance(info.value, TSOLError) and "cross_entropy" in str(info.value)
+        for f in fragments:
+            assert f in str(info.value), str(info.value)
+    # After an error, a good call with the same layout still works.
+    check("cross_entropy", [x, np.array([0, 1, 2, 0])], CE_MEAN, np.float32)
+
+
+def kl_inputs(shape, dt, rng):
+    logq = rand(shape, dt, rng, low=-4.0, high=0.0)
+    p = rand(shape, dt, rng, low=0.0, high=1.0)
+    if p.size:
+        p.reshape(-1)[0] = 0                              # xlogy(0, 0) = 0
+    return logq, p
+
+
+@pytest.mark.parametrize("dt", FLOAT_DTYPES, ids=dtype_id)
+def test_mse_kl_dtypes_and_reductions(dt, rng):
+    shape = (size(3, 30), size(43, 4099))
+    a, b = rand(shape, dt, rng), rand(shape, dt, rng)
+    for red in REDUCTIONS:
+        check("mse", [a, b], {"reduction": red}, dt)
+    logq, p = kl_inputs(shape, dt, rng)
+    for red in REDUCTIONS + ["batchmean"]:
+        check("kl_divergence", [logq, p], {"reduction": red, "log_target": False}, dt)
+        check("kl_divergence", [logq, logq[::-1].copy()], {"reduction": red, "log_target": True},
+              dt)
+
+
+def test_mse_kl_broadcast_promotion_views_out(rng):
+    a, b = rand((3, size(37, 1001)), np.float32, rng), rand((size(37, 1001),), np.float64, rng)
+    check("mse", [a, b], {"reduction": "none"}, np.float64)           # broadcast, promoted
+    check("mse", [a, b], {"reduction": "sum"}, np.float64)
+    check("mse", [a, np.float32(0.5)], {"reduction": "mean"}, np.float32)   # a scalar operand
+    h = rand((4, 9), "bfloat16", rng)
+    check("kl_divergence", [h, rand((4, 9), np.float16, rng, low=0.0, high=1.0)],
+          {"reduction": "batchmean", "log_target": False}, np.float32)  # bf16 + fp16 -> fp32
+    v = rand((size(7, 300), 20), np.float32, rng)[:, ::2]
+    check("mse", [v, v.T.copy().T], {"reduction": "mean"}, np.float32)
+    check("kl_divergence", [v, np.abs(v)], {"reduction": "none", "log_target": False},
+          np.float32)
+    check("mse", [np.float32(2.0), np.float32(0.5)], {"reduction": "sum"}, np.float32)
+    with on_cuda():
+        out = to_device(np.full((), np.nan, np.float32))
+        d = to_device(a)
+        assert tsol.mse(d, d, reduction="sum", out=out) is out
+    assert COMPILE_ONLY or to_host(out) == 0
+    assert np.isnan(run("mse", [np.zeros(0), np.zeros(0)]))             # mean of nothing
+    assert run("mse", [np.zeros(0), np.zeros(0)], {"reduction": "sum"}) == 0
+    assert run("kl_divergence", [np.zeros((3, 0)), np.zeros((3, 0))],
+               {"reduction": "batchmean"}) == 0                        # filled on the host
+
+
+def test_mse_kl_repeatable_and_split_over_blocks(forced, rng):
+    """More elements than one grid pass covers: partials per block, folded in one block."""
+    forced(Config(block=32, work=8, kmax=32))
+    n = size(9 * 32 * 4 + 17, 5_000_001)
+    a, b = rand((n,), np.float32, rng), rand((n,), np.float32, rng)
+    first = check("mse", [a, b], {"reduction": "sum"}, np.float32, scale=n ** 0.5)
+    again = run("mse", [a, b], {"reduction": "sum"})
+    assert COMPILE_ONLY or again.tobytes() == first.tobytes()
+    check("kl_divergence", [a, np.abs(b)], {"reduction": "mean", "log_target": False},
+          np.float32)
+
+
+def test_mse_kl_errors(rng):
+    a = rand((3, 4), np.float32, rng)
+    for op in ("mse", "kl_divergence"):
+        with pytest.raises(ShapeError, match="broadcast"):
+            run(op, [a, rand((3, 5), np.float32, rng)])
+        with pytest.raises(DTypeError):
+            run(op, [a.astype(np.int32), a])
+        with pytest.raises(ArgumentError, match="reduction"):
+            run(op, [a, a], {"reduction": "mean "})
+    with pytest.raises(ArgumentError, match="batchmean"):
+        run("mse", [a, a], {"reduction": "batchmean"})

@@ -1,0 +1,150 @@
+"""CUDA layernorm and rmsnorm against the float64 reference: every float dtype, odd widths,
+gamma/beta absent or of other dtypes and strides, a mean far larger than the spread, rows
+longer than the registers hold (Welford statistics split over blocks, then a streaming pass),
+multi-warp rows, views, in-place out=, empty inputs and user errors."""
+
+import numpy as np
+import pytest
+
+import tsol
+from tests.cuda.support import (
+    COMPILE_ONLY,
+    CUDA_TESTS,
+    check,
+    on_cuda,
+    run,
+    size,
+    to_device,
+    to_host,
+)
+from tests.support import FLOAT_DTYPES, dtype_id, rand, reference
+from tsol import dtypes
+from tsol.errors import DTypeError, ShapeError, TSOLError
+from tsol.ops import base
+from tsol.registry import Config, kernels
+
+pytestmark = [*CUDA_TESTS, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
+
+OPS = ["layernorm", "rmsnorm"]
+
+
+@pytest.fixture
+def forced(monkeypatch):
+    """``forced(config)``: the cuda kernels run with ``config`` instead of the heuristic's."""
+    def use(config):
+        def pick(opdef, backend, metas, attrs):
+            return (kernels(opdef.name, "cuda")[0], config) if backend == "cuda" else None
+        monkeypatch.setattr(base, "selector", pick)
+    return use
+
+
+def params(op, n, dt, rng, affine=True):
+    """(gamma, beta) for layernorm, (gamma,) for rmsnorm; None when not ``affine``."""
+    g = rand((n,), dt, rng, low=0.5, high=1.5) if affine else None
+    if op == "rmsnorm":
+        return [g]
+    return [g, rand((n,), dt, rng) if affine else None]
+
+
+@pytest.mark.parametrize("dt", FLOAT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("op", OPS)
+def test_dtypes_and_odd_widths(op, dt, rng):
+    for n in (size(37, 4099), size(129, 1000)):
+        x = rand((size(5, 300), n), dt, rng)
+        check(op, [x, *params(op, n, dt, rng)], {"eps": 1e-5}, dt)
+    x = rand((3, 4, size(7, 513)), dt, rng)
+    check(op, [x, *params(op, x.shape[-1], dt, rng, affine=False)], {"eps": 1e-6}, dt)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_mixed_param_dtypes_and_strides(op, rng):
+    """float32 gamma/beta with bfloat16 x (and the reverse), strided and reversed params."""
+    n = size(37, 2049)
+    x = rand((4, n), dtypes.bfloat16, rng)
+    check(op, [x, *params(op, n, np.float32, rng)], {"eps": 1e-5}, dtypes.bfloat16)
+    x32 = rand((4, n), np.float32, rng)
+    p = [None if q is None else q.astype(dtypes.float16) for q in params(op, n, np.float32, rng)]
+    check(op, [x32, *p], {"eps": 1e-5}, np.float32)
+    wide = [np.concatenate([q, q])[::2] for q in params(op, n, np.float64, rng)]
+    check(op, [x32, *[q[::-1] for q in wide]], {"eps": 1e-5}, np.float32)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_large_mean_and_constant_rows(op, rng):
+    """A mean 1000x the spread costs no accuracy (two-pass variance about hi + lo)."""
+    x = (rand((4, size(29, 3000)), np.float32, rng) + 1000).astype(np.float32)
+    check(op, [x, *params(op, x.shape[-1], np.float32, rng, affine=False)], {"eps": 1e-5},
+          np.float32)
+    const = np.full((2, 33), 7.0, np.float32)
+    check(op, [const, *params(op, 33, np.float32, rng, affine=False)], {"eps": 1e-5},
+          np.float32)
+
+
+@pytest.mark.parametrize("dt", [np.float32, dtypes.bfloat16, np.float64], ids=dtype_id)
+@pytest.mark.parametrize("op", OPS)
+def test_long_rows_two_pass(op, dt, forced, rng):
+    """Rows longer than the registers hold: Welford statistics split over 3 blocks, then a
+    streaming pass."""
+    forced(Config(block=32, work=16, kmax=1, split=3))
+    n = size(129, 50000)
+    x = (rand((3, n), np.float32, rng) + 4).astype(dt)
+    check(op, [x, *params(op, n, dt, rng)], {"eps": 1e-5}, dt)
+    check(op, [x, *params(op, n, dt, rng, affine=False)], {"eps": 1e-5}, dt)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_multi_warp_rows(op, forced, rng):
+    forced(Config(block=128, work=1, kmax=32, split=0))
+    n = size(101, 3000)
+    x = rand((3, n), np.float32, rng)
+    check(op, [x, *params(op, n, np.float32, rng)], {"eps": 1e-5}, np.float32)
+
+
+def test_views_in_place_and_empty(rng):
+    x = rand((size(9, 513), 6), np.float32, rng)
+    check("layernorm", [x.T, None, None], {"eps": 1e-5}, np.float32)  # not C-contiguous
+    check("rmsnorm", [x[::2], None], {"eps": 1e-5}, np.float32)
+    for shape in [(0, 5), (3, 0), (0,)]:
+        for op in OPS:
+            got = run(op, [np.zeros(shape, np.float32)], {"eps": 1e-5})
+            assert got.shape == shape and got.dtype == np.float32
+    g = rand((6,), np.float32, rng)
+    with on_cuda():
+        d = to_device(x.copy())
+        assert tsol.layernorm(d, to_device(g), None, 1e-5, out=d) is d
+        e = to_device(x.copy())
+        assert tsol.rmsnorm(e, None, 1e-5, out=e) is e
+    if not COMPILE_ONLY:
+        np.testing.assert_allclose(to_host(d), reference("layernorm", x, g, None, eps=1e-5),
+                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(to_host(e), reference("rmsnorm", x, None, eps=1e-5),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_repeated_calls_reuse_launches_and_are_bitwise_equal(rng):
+    x = rand((size(6, 1024), size(40, 4096)), np.float32, rng)
+    g, b = params("layernorm", x.shape[-1], np.float32, rng)
+    first = run("layernorm", [x, g, b], {"eps": 1e-5})
+    for _ in range(2):
+        again = run("layernorm", [x, g, b], {"eps": 1e-5})
+        if not COMPILE_ONLY:
+            np.testing.assert_array_equal(again, first)
+    if not COMPILE_ONLY:
+        other = rand(x.shape, np.float32, rng)     # same layout, new data: new pointers
+        np.testing.assert_allclose(run("layernorm", [other, g, b], {"eps": 1e-5}),
+                                   reference("layernorm", other, g, b, eps=1e-5),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_errors(rng):
+    x = rand((4, 5), np.float32, rng)
+    cases = [
+        (ShapeError, lambda: run("layernorm", [x, np.ones(4, np.float32)]), "gamma"),
+        (ShapeError, lambda: run("rmsnorm", [np.float32(1.0)]), "0-d"),
+        (DTypeError, lambda: run("layernorm", [x.astype(np.int32)]), "layernorm"),
+        (TSOLError, lambda: run("rmsnorm", [x], {"eps": -1.0}), "eps"),
+    ]
+    for cls, fn, fragment in cases:
+        with pytest.raises(cls) as info:
+            fn()
+        assert fragment in str(info.value)
