@@ -19,6 +19,7 @@ from tests.cuda.support import (
 )
 from tests.support import FLOAT_DTYPES, dtype_id, rand
 from tsol.errors import ArgumentError, DTypeError, ShapeError, TSOLError
+from tsol.kernels.cuda import loss, replay
 from tsol.ops import base
 from tsol.registry import Config, kernels
 
@@ -130,6 +131,37 @@ def test_cross_entropy_repeated_calls(rng):
             assert again.tobytes() == first.tobytes()
     check("cross_entropy", [rand(x.shape, np.float32, rng), t],
           {"reduction": "mean", "ignore_index": 0}, np.float32)
+
+
+def test_second_call_of_a_layout_replays(monkeypatch, rng):
+    """Later calls of a layout replay the first call's launches (planning would raise) on their
+    own data, scratch included; an out-of-range target still raises on a replayed call."""
+    monkeypatch.setattr(loss, "_replays", replay.Replays())
+    shape = (size(5, 300), size(37, 4099))
+
+    def cases():
+        x = rand(shape, np.float32, rng, low=-5.0, high=5.0)
+        t = rng.integers(0, shape[1], shape[0])
+        a, b = rand(shape, np.float32, rng), rand(shape, np.float32, rng)
+        return [("cross_entropy", [x, t], {"reduction": "mean", "ignore_index": -100}),
+                ("cross_entropy", [x, t], CE_NONE),
+                ("cross_entropy", [x, probs(shape, np.float32, rng)], CE_MEAN),
+                ("mse", [a, b], {"reduction": "sum"}),
+                ("kl_divergence", [a, b], {"reduction": "none", "log_target": True})]
+
+    for op, inputs, attrs in cases():
+        check(op, inputs, attrs, np.float32)
+    assert len(loss._replays.cache) == 5 and None not in loss._replays.cache.values()
+    for name in ("_ce_planned", "_pointwise_planned"):
+        monkeypatch.setattr(loss, name, lambda *a, **k: pytest.fail("planned a replayed call"))
+    for op, inputs, attrs in cases():
+        check(op, inputs, attrs, np.float32)
+    if not COMPILE_ONLY:
+        for attrs in ({"reduction": "mean", "ignore_index": -100}, CE_NONE):
+            bad = rng.integers(0, shape[1], shape[0])
+            bad[-1] = shape[1]
+            with pytest.raises(ArgumentError, match=f"target {shape[1]} "):
+                run("cross_entropy", [cases()[0][1][0], bad], attrs)
 
 
 def test_cross_entropy_errors(rng):

@@ -20,6 +20,7 @@ from tests.cuda.support import (
 from tests.support import FLOAT_DTYPES, dtype_id, rand, reference
 from tsol import dtypes
 from tsol.errors import DTypeError, ShapeError, TSOLError
+from tsol.kernels.cuda import normalization, replay
 from tsol.ops import base
 from tsol.registry import Config, kernels
 
@@ -135,6 +136,37 @@ def test_repeated_calls_reuse_launches_and_are_bitwise_equal(rng):
                                    reference("layernorm", other, g, b, eps=1e-5),
                                    rtol=1e-5, atol=1e-5)
 
+
+def test_second_call_of_a_layout_replays(forced, monkeypatch, rng):
+    """Later calls of a layout replay the first call's launches (planning would raise) on their
+    own data: the register path, the two-pass path with its scratch statistics, and in place."""
+    monkeypatch.setattr(normalization, "_replays", replay.Replays())
+    n = size(40, 4096)
+    heuristic = base.selector
+
+    def calls():
+        for config in (None, Config(block=32, work=16, kmax=1, split=3)):   # 1 and 2 passes
+            if config is None:
+                monkeypatch.setattr(base, "selector", heuristic)
+            else:
+                forced(config)
+            x = rand((size(6, 64), n), np.float32, rng) + 3
+            g, b = params("layernorm", n, np.float32, rng)
+            with on_cuda():
+                d = to_device(x.copy())
+                assert tsol.layernorm(d, to_device(g), None, 1e-5, out=d) is d
+            if not COMPILE_ONLY:
+                np.testing.assert_allclose(to_host(d), reference("layernorm", x, g, None,
+                                                                 eps=1e-5), rtol=1e-5, atol=1e-5)
+            check("layernorm", [x, g, b], {"eps": 1e-5}, np.float32)
+            check("rmsnorm", [x, g[::-1]], {"eps": 1e-5}, np.float32)
+
+    calls()
+    assert len(normalization._replays.cache) == 6
+    assert None not in normalization._replays.cache.values()
+    monkeypatch.setattr(normalization, "_run_planned",
+                        lambda *a, **k: pytest.fail("planned a replayed call"))
+    calls()
 
 def test_errors(rng):
     x = rand((4, 5), np.float32, rng)

@@ -24,6 +24,10 @@ by the shapes and the config alone, so results are bitwise repeatable; no float 
 Out-of-range class targets raise ``ArgumentError`` as on the CPU. Knowing that takes one
 device-to-host copy of one integer after the kernels (a host sync) per call with class-index
 targets; probability targets, mse and kl_divergence never sync.
+
+The launches of a call are recorded per layout (shapes, strides, dtypes, attributes, config)
+and replayed by later calls with their own pointers (``replay``); calls that copy an operand
+on the way keep planning.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import numpy as np
 
 from tsol import dtypes
 from tsol.errors import ArgumentError, op_error
-from tsol.kernels.cuda import gpu
+from tsol.kernels.cuda import gpu, replay
 from tsol.kernels.cuda import reduction as red
 from tsol.ops.loss import class_axis
 from tsol.registry import Config, kernel
@@ -252,50 +256,8 @@ def _pointwise_kernel(name: str, adt: np.dtype, bdt: np.dtype, modes: tuple[str,
 
 # --- launching --------------------------------------------------------------------------------
 
-class _Plan:
-    """The launches of one call layout, replayed by later calls with new data pointers: each
-    launch names its array arguments by role (the caller's arrays, or temporaries allocated
-    per call)."""
-
-    def __init__(self) -> None:
-        self.steps: list[tuple[gpu.Prepared, tuple[str, ...]]] = []
-        self.temps: dict[str, tuple[int, np.dtype]] = {}
-
-    def __call__(self, env: dict[str, Any]) -> dict[str, Any]:
-        xp = gpu.array_module()
-        for role, (n, dt) in self.temps.items():
-            env[role] = xp.empty(n, dt)
-        for prepared, roles in self.steps:
-            prepared([env[r].data.ptr for r in roles])
-        return env
-
-
-def _launch(plan: _Plan | None, kern: gpu.Kernel, grid: Any, block: int, args: Sequence[Any],
-            roles: Sequence[str]) -> None:
-    """Launch ``kern``; with a ``plan``, record it (``roles`` names the array arguments)."""
-    prepared = gpu.prepare(kern, grid, block, args) if plan is not None else None
-    if prepared is None:
-        gpu.launch(kern, grid, block, args)
-        return
-    plan.steps.append((prepared, tuple(roles)))
-    prepared([a.data.ptr for a in args if not isinstance(a, (int, float))])
-
-
-def _temp(plan: _Plan | None, env: dict[str, Any], role: str, n: int, dt: Any) -> Any:
-    env[role] = gpu.array_module().empty(n, dt)
-    if plan is not None:
-        plan.temps[role] = (n, np.dtype(dt))
-    return env[role]
-
-
-_plans: dict[tuple[Any, ...], _Plan] = {}
-
-
-def _store_plan(key: tuple[Any, ...], plan: _Plan | None) -> None:
-    if plan is not None and plan.steps:
-        if len(_plans) > 4096:
-            _plans.clear()
-        _plans[key] = plan
+_replays = replay.Replays()
+"""Recorded launches per call layout: later calls of a layout skip planning (``replay``)."""
 
 
 def _fin_block() -> int:
@@ -321,39 +283,34 @@ def _bad_target(targets: Any, flat: Any, row: int, c: int, ignore: int | None) -
                     "fix the labels, or pass ignore_index= for padding labels", [targets])
 
 
-def _ce_direct(logits: Any, targets: Any) -> bool:
-    """Rows are already C-contiguous (R, C) and targets flat: the kernels read them as given."""
-    return (logits.ndim <= 2 and logits.flags.c_contiguous and targets.flags.c_contiguous)
-
-
 def _ce(logits: Any, targets: Any, out: Any, reduction: str, ignore: int | None,
         config: Config) -> None:
     probs = targets.dtype in dtypes.FLOATS
     if ignore is not None and not -2 ** 63 <= ignore < 2 ** 63:
         ignore = None                   # no int64 class index can equal it
-    direct = _ce_direct(logits, targets)
-    key = ("ce", logits.shape, logits.dtype, targets.dtype, reduction, ignore, config)
-    plan = _plans.get(key) if direct else None
-    if plan is not None:
-        env = plan({"x": logits, "t": targets, "out": out})
-    else:
-        plan = _Plan() if direct and not gpu.HOST_ARRAYS else None
-        env = _ce_launch(logits, targets, out, reduction, ignore, config, probs, plan)
-        _store_plan(key, plan)
-    if probs or gpu.COMPILE_ONLY or "info" not in env:
+    # With class indices the kernels write the first out-of-range row to ``info``, an operand
+    # of the call (not scratch), so that it is read after a replayed call too.
+    info = None if probs else gpu.array_module().empty(1, np.int64)
+    key = ("ce", logits.shape, logits.strides, logits.dtype, targets.shape, targets.strides,
+           targets.dtype, out.shape, out.strides, out.dtype, reduction, ignore, config)
+    arrays = (logits, targets, out) if probs else (logits, targets, out, info)
+    _replays.run(key, arrays, lambda: _ce_planned(logits, targets, out, info, reduction, ignore,
+                                                  config))
+    rows = math.prod(targets.shape)
+    if probs or rows == 0 or gpu.COMPILE_ONLY:
         return
     # The one host sync: whether some target was out of range.
-    info = env["info"]
     bad = int(info[0]) if gpu.HOST_ARRAYS else int(info.get()[0])
-    rows = math.prod(targets.shape)
     if bad < rows:
         raise _bad_target(targets, targets.reshape(-1), bad,
                           logits.shape[class_axis(logits.ndim)], ignore)
 
 
-def _ce_launch(logits: Any, targets: Any, out: Any, reduction: str, ignore: int | None,
-               config: Config, probs: bool, plan: _Plan | None) -> dict[str, Any]:
-    env = {"x": logits, "t": targets, "out": out}
+def _ce_planned(logits: Any, targets: Any, out: Any, info: Any, reduction: str,
+                ignore: int | None, config: Config) -> None:
+    """Plan and launch one call: per-row losses, then (unless reduction="none" with
+    probabilities or no rows) the fold or the range check into ``info``."""
+    probs = info is None
     c = logits.shape[class_axis(logits.ndim)]
     x = _rows(logits)
     rows = x.shape[0]
@@ -369,34 +326,29 @@ def _ce_launch(logits: Any, targets: Any, out: Any, reduction: str, ignore: int 
     sink = "none" if reduction == "none" else "per"
     kern = _ce_kernel(dt, None if probs else np.dtype(tg.dtype), acc, sink,
                       ignore is not None and not probs, regs, T, B, K)
-    dest = red.out_storage(out).reshape(-1) if sink == "none" else \
-        _temp(plan, env, "per", rows, np.float64)
-    args, roles = [xs, tg, dest], ["x", "t", "out" if sink == "none" else "per"]
-    if not probs:
-        args.append(_temp(plan, env, "stat", rows, np.int8))
-        roles.append("stat")
+    per = None if sink == "none" else replay.scratch(rows, np.float64)
+    stat = None if probs else replay.scratch(rows, np.int8)
+    args = [xs, tg, red.out_storage(out).reshape(-1) if per is None else per]
+    if stat is not None:
+        args.append(stat)
     args += [rows, c] + ([ignore] if ignore is not None and not probs else [])
-    _launch(plan, kern, -(-rows // (B // T)), B, args, roles)
+    gpu.launch(kern, -(-rows // (B // T)), B, args)
     if sink == "none" and (probs or rows == 0):
-        return env
+        return
     FB = _fin_block()
     mode = "check" if sink == "none" else reduction
     fin = _finish_kernel(None if mode == "check" else np.dtype(out.dtype), not probs, mode, FB)
-    args, roles = ([env["per"]], ["per"]) if mode != "check" else ([], [])
-    if not probs:
-        args.append(env["stat"])
-        roles.append("stat")
+    args = [per] if mode != "check" else []
+    if stat is not None:
+        args.append(stat)
     args.append(rows)
     if probs:
         args.append(float(rows))
     if mode != "check":
         args.append(red.out_storage(out).reshape(-1))
-        roles.append("out")
-    if not probs:
-        args.append(_temp(plan, env, "info", 1, np.int64))
-        roles.append("info")
-    _launch(plan, fin, 1, FB, args, roles)
-    return env
+    if info is not None:
+        args.append(info)
+    gpu.launch(fin, 1, FB, args)
 
 
 # --- mse and kl_divergence --------------------------------------------------------------------
@@ -409,22 +361,23 @@ def _pointwise(name: str, a: Any, b: Any, out: Any, reduction: str, config: Conf
             count = (shape[0] if shape else 1) if reduction == "batchmean" else n
             red.fill(out, 0.0 if reduction == "sum" or count else np.nan)
         return
+    key = (name, reduction, a.shape, a.strides, a.dtype, b.shape, b.strides, b.dtype,
+           out.shape, out.strides, out.dtype, config)
+    _replays.run(key, (a, b, out), lambda: _pointwise_planned(name, a, b, out, shape, reduction,
+                                                              config))
+
+
+def _pointwise_planned(name: str, a: Any, b: Any, out: Any, shape: tuple[int, ...],
+                       reduction: str, config: Config) -> None:
+    """Plan and launch one call of ``n > 0`` broadcast elements of ``shape``."""
+    n = math.prod(shape)
 
     def mode(v: Any) -> str:
         return "scalar" if v.size == 1 else "flat" if tuple(v.shape) == shape and \
             v.flags.c_contiguous else "copy"
 
     modes = (mode(a), mode(b))
-    direct = "copy" not in modes
-    key = (name, reduction, a.shape, a.dtype, a.strides, b.shape, b.dtype, b.strides,
-           out.dtype, config)
-    plan = _plans.get(key) if direct else None
-    if plan is not None:
-        plan({"a": a, "b": b, "out": out})
-        return
-    plan = _Plan() if direct and not gpu.HOST_ARRAYS else None
     xp = gpu.array_module()
-    env = {"a": a, "b": b, "out": out}
     ops = [gpu.kernel_view(v if m != "copy" else
                            xp.ascontiguousarray(xp.broadcast_to(v, shape))).reshape(-1)
            for v, m in zip((a, b), modes)]
@@ -437,18 +390,14 @@ def _pointwise(name: str, a: Any, b: Any, out: Any, reduction: str, config: Conf
     kern = _pointwise_kernel(name, np.dtype(a.dtype), np.dtype(b.dtype), modes,
                              np.dtype(out.dtype), sink, B)
     if sink == "none":
-        _launch(plan, kern, grid, B, [*ops, n, red.out_storage(out).reshape(-1)],
-                ["a", "b", "out"])
-    else:
-        part = _temp(plan, env, "part", grid, np.float64)
-        _launch(plan, kern, grid, B, [*ops, n, part], ["a", "b", "part"])
-        count = (shape[0] if shape else 1) if reduction == "batchmean" else n
-        FB = _fin_block()
-        fin = _finish_kernel(np.dtype(out.dtype), False, "sum" if reduction == "sum" else "mean",
-                             FB)
-        _launch(plan, fin, 1, FB, [part, grid, float(count), red.out_storage(out).reshape(-1)],
-                ["part", "out"])
-    _store_plan(key, plan)
+        gpu.launch(kern, grid, B, [*ops, n, red.out_storage(out).reshape(-1)])
+        return
+    part = replay.scratch(grid, np.float64)
+    gpu.launch(kern, grid, B, [*ops, n, part])
+    count = (shape[0] if shape else 1) if reduction == "batchmean" else n
+    FB = _fin_block()
+    fin = _finish_kernel(np.dtype(out.dtype), False, "sum" if reduction == "sum" else "mean", FB)
+    gpu.launch(fin, 1, FB, [part, grid, float(count), red.out_storage(out).reshape(-1)])
 
 
 # --- registration -----------------------------------------------------------------------------

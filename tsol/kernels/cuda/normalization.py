@@ -20,6 +20,11 @@ their own dtypes (any float dtype, any stride) and converted to the compute type
 
 Trees have fixed shapes, so results are bitwise repeatable. ``out`` may be ``x`` itself: every
 element is read before the same thread writes it.
+
+The launches of a call (the statistics' scratch buffers included) are recorded per layout
+(shapes, strides, dtypes, eps, config, in place or not) and replayed by later calls with
+their own pointers (``replay``); a non-C-contiguous ``x`` is copied first, so those calls keep
+planning.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tsol import dtypes
-from tsol.kernels.cuda import gpu
+from tsol.kernels.cuda import gpu, replay
 from tsol.kernels.cuda import reduction as red
 from tsol.registry import Config, kernel
 
@@ -171,21 +176,24 @@ def _layout(a: Any) -> Any:
     return None if a is None else (a.dtype, a.strides)
 
 
-_prepared: dict[tuple[Any, ...], gpu.Prepared] = {}
-"""Register-path launches by (op, x's shape and dtype, gamma/beta dtypes and strides, eps,
-config): later calls repack only the data pointers."""
+_replays = replay.Replays()
+"""Recorded launches per call layout: later calls of a layout skip planning (``replay``)."""
 
 
 def _run(x: Any, gamma: Any, beta: Any, out: Any, eps: float, rms: bool,
          config: Config) -> None:
     if x.size == 0:
         return
-    key = (rms, x.shape, x.dtype, _layout(gamma), _layout(beta), eps, config)
-    arrays = [a for a in (x, gamma, beta, out) if a is not None]
-    prepared = _prepared.get(key) if x.flags.c_contiguous else None
-    if prepared is not None:
-        prepared([a.data.ptr for a in arrays])
-        return
+    # An out= that aliases x is identical to it (the out= contract): its pointers relocate by x.
+    in_place = replay.data_ptr(out) == replay.data_ptr(x)
+    key = (rms, x.shape, x.strides, x.dtype, _layout(gamma), _layout(beta), out.dtype,
+           in_place, eps, config)
+    arrays = [a for a in (x, gamma, beta, None if in_place else out) if a is not None]
+    _replays.run(key, arrays, lambda: _run_planned(x, gamma, beta, out, eps, rms, config))
+
+
+def _run_planned(x: Any, gamma: Any, beta: Any, out: Any, eps: float, rms: bool,
+                 config: Config) -> None:
     xp = gpu.array_module()
     if not x.flags.c_contiguous:
         x = xp.ascontiguousarray(x)
@@ -198,18 +206,8 @@ def _run(x: Any, gamma: Any, beta: Any, out: Any, eps: float, rms: bool,
     tile = _row_tile(n, config)
     if tile is not None:
         T, B, K = tile
-        kern = _row_kernel(dt, gdt, bdt, acc, rms, T, B, K)
-        grid = -(-rows // (B // T))
-        args = [xs, *params, os_, rows, n, float(eps)]
-        prepared = gpu.prepare(kern, grid, B, args)
-        if prepared is None:
-            gpu.launch(kern, grid, B, args)
-            return
-        if len(_prepared) > 4096:
-            _prepared.clear()
-        if arrays[0] is x:                  # keyed by the caller's layout: contiguous x only
-            _prepared[key] = prepared
-        prepared([a.data.ptr for a in [x, *params, out]])
+        gpu.launch(_row_kernel(dt, gdt, bdt, acc, rms, T, B, K), -(-rows // (B // T)), B,
+                   [xs, *params, os_, rows, n, float(eps)])
         return
     # Long rows: Welford states per row (segments over several blocks when rows are few),
     # then one streaming pass.
