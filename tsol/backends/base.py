@@ -83,8 +83,16 @@ class Backend:
     def load_kernels(self) -> None:
         """Import this backend's kernel package once, which registers its kernels."""
         if not self._kernels_loaded:
+            try:
+                importlib.import_module(self.kernel_package)
+            except ImportError as exc:
+                # Kernels registered before the failure stay; the next call raises again
+                # rather than running with a silently partial set.
+                from tsol.errors import BackendError
+                extra = getattr(self, "extra", "") or self.name
+                raise BackendError(f"tsol: backend '{self.name}' could not load its kernels "
+                                   f"({exc}). Fix: pip install 'tsol[{extra}]'.") from exc
             self._kernels_loaded = True
-            importlib.import_module(self.kernel_package)
 
     def __repr__(self) -> str:
         return f"<tsol backend {self.name}>"
