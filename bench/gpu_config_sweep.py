@@ -1,0 +1,82 @@
+"""Time every registered config of the memory-bound CUDA kernels (the heuristic's candidates).
+
+    python bench/gpu_config_sweep.py [--quick]
+
+For softmax, log_softmax, layernorm, rmsnorm and sum at sizes that fill the GPU, each config of
+the op's first cuda kernel runs (forced through the selection hook), is checked against the
+float64 reference and timed with device events over batches of calls; the table gives GB/s and
+the share of the measured copy bandwidth, the heuristic's pick marked with '*'. Until the
+schedule layer tunes on its own, this is how a heuristic's default is chosen by measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+from tsol.bench.runner import GPU_BATCH, _batched, time_call
+
+import tsol
+from tsol import backends, dtypes
+from tsol.ops import base
+from tsol.registry import get_op, kernels
+
+
+def _inputs(op: str, shape: tuple[int, int], dt: np.dtype, rng: np.random.Generator) -> list:
+    x = rng.uniform(-3, 3, shape).astype(dt)
+    n = shape[-1]
+    params = {"layernorm": 2, "rmsnorm": 1}.get(op, 0)
+    return [x] + [rng.uniform(0.5, 1.5, n).astype(dt) for _ in range(params)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args(argv)
+    b = backends.get("cuda")
+    import cupy
+    rng = np.random.default_rng(0)
+    timer = _batched(b.timer(), GPU_BATCH)
+    copy = b.ceilings().get("copy_GBps", float("nan"))
+    shapes = [(256, 512)] if args.quick else [(4096, 4096), (65536, 1024)]
+    print(f"copy ceiling: {copy:.0f} GB/s")
+    print("| op | shape | dtype | config | GB/s | % of copy | max err |")
+    print("|---|---|---|---|---:|---:|---:|")
+    saved = base.selector
+    for op in ("softmax", "log_softmax", "layernorm", "rmsnorm", "sum"):
+        kern = kernels(op, "cuda")[0]
+        for shape in shapes:
+            for dt in (np.dtype(np.float32), dtypes.bfloat16):
+                host = _inputs(op, shape, dt, rng)
+                dev = [cupy.asarray(h) for h in host]
+                attrs = {"axis": -1} if op == "sum" else {}
+                ref = get_op(op).reference(*[h.astype(np.float64) for h in host], **attrs)
+                metas = [base.meta_of(d) for d in dev]
+                pick = kern.default_config(metas, attrs)
+                for cfg in kern.configs:
+                    base.selector = lambda opdef, be, m, a, cfg=cfg: (
+                        (kernels(opdef.name, "cuda")[0], cfg) if be == "cuda" else None)
+                    try:
+                        fn = getattr(tsol, op)
+                        got = fn(*dev, **attrs).get().astype(np.float64)
+                        err = float(np.max(np.abs(got - ref)))
+                        t = time_call(lambda: fn(*dev, **attrs),  # noqa: B023 - called here
+                                      timer)["median_s"]
+                        nbytes = sum(d.nbytes for d in dev) + got.size * dt.itemsize
+                        gbps = nbytes / t / 1e9
+                        mark = "*" if cfg == pick else ""
+                        print(f"| {op} | {shape[0]}x{shape[1]} | {dt} | {cfg}{mark} | "
+                              f"{gbps:.0f} | {100 * gbps / copy:.0f}% | {err:.2g} |")
+                    except Exception as exc:  # noqa: BLE001 - report and go on
+                        print(f"| {op} | {shape} | {dt} | {cfg} | ERROR {type(exc).__name__}: "
+                              f"{str(exc)[:120]} | | |")
+                    finally:
+                        base.selector = saved
+                        base._plans.clear()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
