@@ -8,7 +8,6 @@ from tsol.bench.runner import check, reference
 
 import tsol
 
-
 CPU_CASES = [c for c in CASES if c.runs_on("cpu")]
 
 

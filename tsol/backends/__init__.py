@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from tsol import config
 from tsol.backends.base import Backend
 from tsol.backends.cpu import CPUBackend
 from tsol.backends.gpu import CUDABackend, OneAPIBackend, ROCmBackend
-from tsol import config
 from tsol.errors import BackendError
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in

@@ -9,8 +9,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
-from typing import Callable
-from typing import Any
+from typing import Any, Callable
 
 from tsol.backends.base import Backend
 

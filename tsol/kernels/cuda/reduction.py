@@ -485,7 +485,6 @@ def run(kind: str, x: Any, outer: int, r: int, inner: int, acc: Any, config: Con
     the finalized values go there, in ``(outer, inner)`` order; without, the merged states
     come back (one array a component).
     """
-    xp = gpu.array_module()
     acc = np.dtype(acc)
     count = outer * inner
     K = unroll(x.dtype.itemsize)
