@@ -1,0 +1,185 @@
+"""CUDA flash_attention and rope against their float64 references.
+
+flash_attention: the SIMT kernel for every float dtype and the tensor-core kernel for float16 and
+bfloat16 (each forced through its config), causal and not, grouped-query attention, odd sequence
+lengths with S != Skv both ways (queries that see no key give zeros), explicit tiles and scale,
+views, out=, empty operands and NaN rows. rope: every float dtype, default and explicit
+positions (a [S] vector, per-sequence [B, S] offsets, large and negative values), odd pair
+counts, 1-d input, views and empty input.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+import tsol
+from tests.cuda.support import (
+    COMPILE_ONLY,
+    CUDA_TESTS,
+    HOST,
+    check,
+    on_cuda,
+    run,
+    size,
+    to_device,
+    to_host,
+)
+from tests.support import FLOAT_DTYPES, assert_close, dtype_id, rand, reference, views
+from tsol import dtypes
+from tsol.errors import ShapeError, TSOLError
+from tsol.ops import base
+from tsol.registry import Config, kernels
+
+pytestmark = [*CUDA_TESTS, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
+
+TC = Config(path="tc", warps=4, rows=16, keys=64)
+SIMT = Config(path="simt", warps=1, rows=4, keys=32) if HOST else \
+    Config(path="simt", warps=4, rows=8, keys=32)
+
+
+@pytest.fixture
+def forced(monkeypatch):
+    """``forced(config)``: the cuda flash_attention kernel runs with ``config``."""
+    def use(config):
+        def pick(opdef, backend, metas, attrs):
+            if backend == "cuda" and opdef.name == "flash_attention":
+                return kernels(opdef.name, "cuda")[0], config
+            return None
+        monkeypatch.setattr(base, "selector", pick)
+    return use
+
+
+def qkv(b, h, hkv, s, skv, d, dv, dt, rng):
+    return (rand((b, h, s, d), dt, rng), rand((b, hkv, skv, d), dt, rng),
+            rand((b, hkv, skv, dv), dt, rng))
+
+
+def check_attention(q, k, v, dt, **attrs):
+    scale = attrs.get("scale")
+    ref = dict(attrs, scale=1 / math.sqrt(q.shape[-1]) if scale is None else scale)
+    ref.pop("block_q", None)
+    ref.pop("block_k", None)
+    mult = max(1.0, math.sqrt(q.shape[3] + k.shape[2]) / 4)
+    return check("flash_attention", [q, k, v], attrs, dt, ref_attrs=ref, rtol_mult=mult)
+
+
+@pytest.mark.parametrize("dt", FLOAT_DTYPES, ids=dtype_id)
+def test_simt_every_dtype_gqa_odd_sizes(dt, forced, rng):
+    forced(SIMT)
+    shape = (1, 2, 1, 19, 23, 8, 6) if HOST else (2, 8, 2, 300, 333, 64, 48)
+    q, k, v = qkv(*shape, dt, rng)
+    for causal in (False, True):
+        check_attention(q, k, v, dt, causal=causal)
+
+
+@pytest.mark.parametrize("dt", [dtypes.float16, dtypes.bfloat16], ids=dtype_id)
+def test_tensor_cores_gqa_odd_sizes(dt, forced, rng):
+    forced(TC)
+    shapes = [(1, 2, 1, 19, 70, 16, 16)] if HOST else \
+        [(2, 4, 2, 257, 300, 128, 128), (1, 8, 1, 300, 129, 64, 64), (1, 2, 2, 77, 77, 32, 48)]
+    for shape in shapes:
+        q, k, v = qkv(*shape, dt, rng)
+        for causal in (False, True):
+            check_attention(q, k, v, dt, causal=causal)
+
+
+def test_tiles_scale_and_queries_without_keys(forced, rng):
+    forced(SIMT)
+    q, k, v = qkv(1, 2, 2, size(9, 200), size(4, 90), 8, 8, np.float32, rng)
+    got = check_attention(q, k, v, np.float32, causal=True, scale=0.3, block_q=5, block_k=40)
+    if not COMPILE_ONLY:           # S > Skv, causal: the first S - Skv queries see no key
+        np.testing.assert_array_equal(got[:, :, :q.shape[2] - k.shape[2]], 0.0)
+    check_attention(q, k, v, np.float32, causal=False, block_q=3, block_k=64)
+
+
+@pytest.mark.parametrize("config", [SIMT, TC], ids=["simt", "tc"])
+def test_views_out_empty_and_nan(config, forced, rng):
+    forced(config)
+    dt = dtypes.float32 if config is SIMT else dtypes.float16
+    q, k, v = qkv(1, 2, 2, size(7, 100), size(9, 130), 16, 16, dt, rng)
+    wide = np.concatenate([q, rand(q.shape, dt, rng)], axis=-1)
+    q = wide[..., ::2]
+    with on_cuda():
+        # Views made on the device: a strided q, head-major k and v (not C-contiguous).
+        dq = to_device(wide)[..., ::2]
+        dk, dv = (to_device(np.ascontiguousarray(a.swapaxes(1, 2))).swapaxes(1, 2)
+                  for a in (k, v))
+        viewed = tsol.flash_attention(dq, dk, dv, causal=True)
+        out = to_device(np.full(q.shape, np.nan, dt))
+        assert tsol.flash_attention(dq, dk, dv, out=out) is out
+        empty_k = to_device(np.zeros((1, 2, 0, 16), dt))
+        zeros = tsol.flash_attention(dq, empty_k, empty_k)
+        no_q = tsol.flash_attention(to_device(np.zeros((1, 2, 0, 16), dt)), dk, dv)
+    assert no_q.shape == (1, 2, 0, 16)
+    if COMPILE_ONLY:
+        return
+    mult = math.sqrt(16 + k.shape[2]) / 4
+    assert_close(to_host(viewed), reference("flash_attention", q, k, v, causal=True,
+                                            scale=0.25), dt, rtol_mult=mult)
+    assert_close(to_host(out), reference("flash_attention", q, k, v, causal=False, scale=0.25),
+                 dt, rtol_mult=mult)
+    np.testing.assert_array_equal(to_host(zeros).astype(np.float64), 0.0)
+    bad = q.copy()
+    bad[0, 1, 2, 3] = np.nan
+    got = run("flash_attention", [bad, k, v])
+    assert np.isnan(got[0, 1, 2].astype(np.float32)).all()
+    assert not np.isnan(np.delete(got[0, 1], 2, 0).astype(np.float32)).any()
+
+
+def test_scaled_dot_product_attention_and_errors(rng):
+    q, k, v = qkv(1, 4, 2, size(6, 65), size(9, 80), 8, 8, np.float32, rng)
+    # A plain function over flash_attention (no op of its own): no kernel to register.
+    got = run("scaled_dot_product_attention", [q, k, v], {"scale": 0.2, "enable_gqa": True})
+    if not COMPILE_ONLY:
+        want = reference("flash_attention", q, k, v, causal=False, scale=0.2)
+        assert_close(got, want, np.float32, rtol_mult=2)
+    # is_causal is PyTorch's top-left mask: for L <= S it is flash_attention on the first L keys.
+    got = run("scaled_dot_product_attention", [q, k, v], {"is_causal": True, "enable_gqa": True})
+    if not COMPILE_ONLY:
+        lq = q.shape[2]
+        want = reference("flash_attention", q, k[:, :, :lq], v[:, :, :lq], causal=True,
+                         scale=1 / math.sqrt(8))
+        assert_close(got, want, np.float32, rtol_mult=2)
+    with on_cuda(), pytest.raises(ShapeError) as info:
+        tsol.flash_attention(*(to_device(a) for a in (q, k[:, :1].repeat(3, 1), v)))
+    assert isinstance(info.value, TSOLError) and "tsol.flash_attention" in str(info.value)
+
+
+# --- rope ---------------------------------------------------------------------------------
+
+def check_rope(x, dt, positions=None, theta=10000.0):
+    attrs = {"theta": theta}
+    if positions is not None:
+        attrs["positions"] = to_device(positions)
+    got = run("rope", [x], attrs)
+    if not COMPILE_ONLY:
+        assert_close(got, reference("rope", x, positions, theta=theta), dt)
+
+
+@pytest.mark.parametrize("dt", FLOAT_DTYPES, ids=dtype_id)
+def test_rope_dtypes_default_and_explicit_positions(dt, rng):
+    b, h, s, d = (2, 2, size(5, 333), size(6, 128))
+    x = rand((b, h, s, d), dt, rng)
+    check_rope(x, dt)
+    check_rope(x, dt, rng.integers(-9000, 90000, size=s), theta=500000.0)
+    check_rope(x, dt, rng.integers(0, 4096, size=(b, 1, s)).astype(np.int32))  # over H
+
+
+def test_rope_odd_pairs_1d_views_and_empty(rng):
+    x = rand((size(3, 1000), 10), np.float32, rng)       # 5 pairs a row
+    for _, view in views(x):
+        check_rope(view, np.float32)
+    with on_cuda():                   # views made on the device: strided rows, strided pairs
+        rows = tsol.rope(to_device(np.concatenate([x, x], axis=0))[::2])
+        cols = tsol.rope(to_device(np.concatenate([x, x], axis=-1))[:, ::2])
+    if not COMPILE_ONLY:
+        want = reference("rope", np.concatenate([x, x], axis=0)[::2], None, theta=10000.0)
+        assert_close(to_host(rows), want, np.float32)
+        want = reference("rope", np.concatenate([x, x], axis=-1)[:, ::2], None, theta=10000.0)
+        assert_close(to_host(cols), want, np.float32)
+    check_rope(x[0], np.float32, np.array(7))
+    check_rope(rand((4, 3, 2), dtypes.bfloat16, rng), dtypes.bfloat16, np.arange(3))
+    check_rope(np.zeros((0, 4), np.float32), np.float32)
+    with on_cuda(), pytest.raises(ShapeError):
+        tsol.rope(to_device(np.zeros((2, 3), np.float32)))
