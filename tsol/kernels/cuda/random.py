@@ -57,18 +57,6 @@ if gpu.SIMULATOR:
         return a + b
 
     @gpu.device
-    def log64(x):
-        return math.log(x)
-
-    @gpu.device
-    def cos64(x):
-        return math.cos(x)
-
-    @gpu.device
-    def sin64(x):
-        return math.sin(x)
-
-    @gpu.device
     def sqrt32(x):
         return np.sqrt(np.float32(x))
 else:
@@ -90,20 +78,23 @@ else:
         return gpu.libdevice.dadd_rn(np.float64(a), np.float64(b))
 
     @gpu.device
-    def log64(x):
-        return math.log(x)
-
-    @gpu.device
-    def cos64(x):
-        return math.cos(x)
-
-    @gpu.device
-    def sin64(x):
-        return math.sin(x)
-
-    @gpu.device
     def sqrt32(x):
         return gpu.libdevice.fsqrt_rn(np.float32(x))
+
+
+@gpu.device
+def log64(x):
+    return math.log(x)
+
+
+@gpu.device
+def cos64(x):
+    return math.cos(x)
+
+
+@gpu.device
+def sin64(x):
+    return math.sin(x)
 
 
 if gpu.SIMULATOR:
