@@ -27,7 +27,11 @@ from numba.core.caching import _CacheLocator
 from tsol import config
 
 KERNEL_ROOT = Path(__file__).resolve().parent.parent
-"""``tsol/kernels``: every file below it takes part in the cache stamp."""
+"""``tsol/kernels``: cache paths of kernel files are named relative to it, so every checkout
+of the same sources shares one cache."""
+CPU_ROOT = KERNEL_ROOT / "cpu"
+"""``tsol/kernels/cpu``: every file below it takes part in the cache stamp (the GPU backends'
+kernels never reach CPU code, so their edits leave the CPU cache valid)."""
 
 
 def cache_root() -> Path:
@@ -36,10 +40,10 @@ def cache_root() -> Path:
 
 @functools.lru_cache(maxsize=None)
 def sources_stamp() -> str:
-    """Hash of every kernel source file, numba's version and TSOL's version."""
+    """Hash of every CPU kernel source file, numba's version and TSOL's version."""
     from tsol import __version__
     h = hashlib.sha256(f"{__version__}|{numba.__version__}".encode())
-    for path in sorted(KERNEL_ROOT.rglob("*.py")):
+    for path in sorted(CPU_ROOT.rglob("*.py")):
         h.update(path.relative_to(KERNEL_ROOT).as_posix().encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
@@ -51,7 +55,10 @@ class TSOLCacheLocator(_CacheLocator):
     def __init__(self, py_func, py_file: str) -> None:
         self._py_file = py_file
         self._lineno = py_func.__code__.co_firstlineno
-        digest = hashlib.sha1(str(Path(py_file).resolve()).encode()).hexdigest()[:12]
+        where = Path(py_file).resolve()
+        if where.is_relative_to(KERNEL_ROOT):
+            where = Path("tsol/kernels") / where.relative_to(KERNEL_ROOT)
+        digest = hashlib.sha1(str(where).encode()).hexdigest()[:12]
         self._cache_path = str(cache_root() / "numba" / f"{Path(py_file).stem}_{digest}")
 
     def ensure_cache_path(self) -> None:
