@@ -28,26 +28,13 @@ from tests.cuda.support import (
 from tests.support import FLOAT_DTYPES, assert_close, dtype_id, rand, reference, views
 from tsol import dtypes
 from tsol.errors import ShapeError, TSOLError
-from tsol.ops import base
-from tsol.registry import Config, kernels
+from tsol.registry import Config
 
 pytestmark = [*CUDA_TESTS, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 
 TC = Config(path="tc", warps=4, rows=16, keys=64)
 SIMT = Config(path="simt", warps=1, rows=4, keys=32) if HOST else \
     Config(path="simt", warps=4, rows=8, keys=32)
-
-
-@pytest.fixture
-def forced(monkeypatch):
-    """``forced(config)``: the cuda flash_attention kernel runs with ``config``."""
-    def use(config):
-        def pick(opdef, backend, metas, attrs):
-            if backend == "cuda" and opdef.name == "flash_attention":
-                return kernels(opdef.name, "cuda")[0], config
-            return None
-        monkeypatch.setattr(base, "selector", pick)
-    return use
 
 
 def qkv(b, h, hkv, s, skv, d, dv, dt, rng):
@@ -66,7 +53,7 @@ def check_attention(q, k, v, dt, **attrs):
 
 @pytest.mark.parametrize("dt", FLOAT_DTYPES, ids=dtype_id)
 def test_simt_every_dtype_gqa_odd_sizes(dt, forced, rng):
-    forced(SIMT)
+    forced(SIMT, only="flash_attention")
     shape = (1, 2, 1, 19, 23, 8, 6) if HOST else (2, 8, 2, 300, 333, 64, 48)
     q, k, v = qkv(*shape, dt, rng)
     for causal in (False, True):
@@ -75,7 +62,7 @@ def test_simt_every_dtype_gqa_odd_sizes(dt, forced, rng):
 
 @pytest.mark.parametrize("dt", [dtypes.float16, dtypes.bfloat16], ids=dtype_id)
 def test_tensor_cores_gqa_odd_sizes(dt, forced, rng):
-    forced(TC)
+    forced(TC, only="flash_attention")
     shapes = [(1, 2, 1, 19, 70, 16, 16)] if HOST else \
         [(2, 4, 2, 257, 300, 128, 128), (1, 8, 1, 300, 129, 64, 64), (1, 2, 2, 77, 77, 32, 48)]
     for shape in shapes:
@@ -85,7 +72,7 @@ def test_tensor_cores_gqa_odd_sizes(dt, forced, rng):
 
 
 def test_tiles_scale_and_queries_without_keys(forced, rng):
-    forced(SIMT)
+    forced(SIMT, only="flash_attention")
     q, k, v = qkv(1, 2, 2, size(9, 200), size(4, 90), 8, 8, np.float32, rng)
     got = check_attention(q, k, v, np.float32, causal=True, scale=0.3, block_q=5, block_k=40)
     if not COMPILE_ONLY:           # S > Skv, causal: the first S - Skv queries see no key
@@ -95,7 +82,7 @@ def test_tiles_scale_and_queries_without_keys(forced, rng):
 
 @pytest.mark.parametrize("config", [SIMT, TC], ids=["simt", "tc"])
 def test_views_out_empty_and_nan(config, forced, rng):
-    forced(config)
+    forced(config, only="flash_attention")
     dt = dtypes.float32 if config is SIMT else dtypes.float16
     q, k, v = qkv(1, 2, 2, size(7, 100), size(9, 130), 16, 16, dt, rng)
     wide = np.concatenate([q, rand(q.shape, dt, rng)], axis=-1)

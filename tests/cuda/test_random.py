@@ -20,8 +20,7 @@ from tests.cuda.support import (
 from tests.support import FLOAT_DTYPES, dtype_id, rand
 from tsol import dtypes
 from tsol.errors import ArgumentError, DTypeError
-from tsol.ops import base
-from tsol.registry import Config, kernels
+from tsol.registry import Config
 
 pytestmark = CUDA_TESTS
 
@@ -54,16 +53,6 @@ def same_as_cpu(got, want, name="", dt=None):
         assert ulps(got, want) <= NORMAL_F64_ULPS
         return
     np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
-
-
-@pytest.fixture
-def forced(monkeypatch):
-    """``forced(config)``: the cuda kernels run with ``config`` instead of the heuristic's."""
-    def use(config):
-        def pick(opdef, backend, metas, attrs):
-            return (kernels(opdef.name, "cuda")[0], config) if backend == "cuda" else None
-        monkeypatch.setattr(base, "selector", pick)
-    return use
 
 
 @pytest.mark.parametrize("dt", FLOAT_DTYPES, ids=dtype_id)

@@ -21,8 +21,7 @@ from tests.cuda.support import (
 )
 from tests.support import rand, reference, views
 from tsol import dtypes
-from tsol.ops import base
-from tsol.registry import Config, kernels
+from tsol.registry import Config
 
 pytestmark = [*CUDA_TESTS, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 
@@ -72,16 +71,6 @@ def check_red(op, x, axis=None, keepdims=False, **attrs):
     got = check(op, [x], attrs, result_dtype(op, x.dtype), **tolerance(op, x, axis))
     if not COMPILE_ONLY:
         assert got.dtype == result_dtype(op, x.dtype)
-
-
-@pytest.fixture
-def forced(monkeypatch):
-    """``forced(config)``: the cuda kernels run with ``config`` instead of the heuristic's."""
-    def use(config):
-        def pick(opdef, backend, metas, attrs):
-            return (kernels(opdef.name, "cuda")[0], config) if backend == "cuda" else None
-        monkeypatch.setattr(base, "selector", pick)
-    return use
 
 
 @pytest.mark.parametrize("axis", [-1, 0, None], ids=["rows", "cols", "all"])

@@ -9,8 +9,7 @@ import tsol
 from tests.cuda.support import COMPILE_ONLY, CUDA_TESTS, on_cuda, size, to_device, to_host
 from tests.support import rand, reference
 from tsol.kernels.cuda import reduction, replay, softmax
-from tsol.ops import base
-from tsol.registry import Config, kernels
+from tsol.registry import Config
 
 pytestmark = [*CUDA_TESTS, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 
@@ -36,10 +35,9 @@ def _close(got, op, x, **attrs):
 
 @pytest.mark.parametrize("config", [None, Config(block=32, work=4, split=3)],
                          ids=["one-launch", "split-with-scratch"])
-def test_second_call_replays_with_new_addresses(config, fresh, monkeypatch, rng):
+def test_second_call_replays_with_new_addresses(config, fresh, forced, monkeypatch, rng):
     if config is not None:
-        monkeypatch.setattr(base, "selector", lambda opdef, b, metas, attrs:
-                            (kernels(opdef.name, "cuda")[0], config) if b == "cuda" else None)
+        forced(config)
     shape = (size(6, 300), size(37, 4099))
     xs = [rand(shape, np.float32, rng) for _ in range(3)]
     with on_cuda():
