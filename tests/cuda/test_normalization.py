@@ -10,6 +10,7 @@ import tsol
 from tests.cuda.support import (
     COMPILE_ONLY,
     CUDA_TESTS,
+    SIMULATOR,
     check,
     on_cuda,
     run,
@@ -20,7 +21,7 @@ from tests.cuda.support import (
 from tests.support import FLOAT_DTYPES, dtype_id, rand, reference
 from tsol import dtypes
 from tsol.errors import DTypeError, ShapeError, TSOLError
-from tsol.kernels.cuda import normalization, replay
+from tsol.kernels.cuda import gpu, normalization, replay
 from tsol.ops import base
 from tsol.registry import Config, kernels
 
@@ -55,6 +56,46 @@ def test_dtypes_and_odd_widths(op, dt, rng):
         check(op, [x, *params(op, n, dt, rng)], {"eps": 1e-5}, dt)
     x = rand((3, 4, size(7, 513)), dt, rng)
     check(op, [x, *params(op, x.shape[-1], dt, rng, affine=False)], {"eps": 1e-6}, dt)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_float64_rows_of_1024_threads(op, rng):
+    """float64 rows of 4099 take 1024 threads of 8 values: over a thread's 64-register share
+    for layernorm (two passes instead), within it for rmsnorm (registers)."""
+    n = 4099
+    x = rand((2, n), np.float64, rng)
+    check(op, [x, *params(op, n, np.float64, rng)], {"eps": 1e-5}, np.float64)
+
+
+def test_register_path_fits_the_register_file():
+    """Every register-path tile launches: threads x registers a thread <= the register file
+    (the PTX assembled for sm_90 by nvJitLink; a launch over it fails on the GPU)."""
+    config = normalization.CONFIGS[0]
+    f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
+    tile = normalization._row_tile
+    assert tile(4099, config, f64, False) is None
+    assert tile(4099, config, f64, True) == (1024, 1024, 8)
+    assert tile(4099, config, f32, False) == (1024, 1024, 8)
+    assert tile(8193, config, f32, False) is None
+    assert tile(8193, config, f32, True) == (1024, 1024, 16)
+    assert tile(2049, config, f64, False) == (512, 512, 8)
+    if SIMULATOR:
+        return      # no PTX under the simulator
+    pytest.importorskip("cuda.bindings.nvjitlink")
+    for dt in (f64, f32, np.dtype(dtypes.bfloat16)):
+        acc = f64 if dt == f64 else f32
+        arr = gpu.numba_type((gpu.storage(dt)[0].str, 1, "C"))
+        for rms in (False, True):
+            for n in (1000, 4099, 8193):
+                planned = tile(n, config, acc, rms)
+                if planned is None:
+                    continue
+                T, B, K = planned
+                k = normalization._row_kernel(dt, dt, None if rms else dt, acc, rms, T, B, K)
+                argtypes = [arr] * (3 if rms else 4) + [gpu.numba_type(int)] * 2 \
+                    + [gpu.numba_type(float)]
+                used = gpu.registers(k, argtypes)
+                assert used * B <= gpu.REGISTERS_PER_BLOCK, (k.name, used, B)
 
 
 @pytest.mark.parametrize("op", OPS)

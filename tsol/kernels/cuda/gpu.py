@@ -487,6 +487,42 @@ def launch(kern: Kernel, grid: Any, block: Any, args: Sequence[Any], shared: int
     launcher(grid, block, shared, args)
 
 
+# --- register usage (no GPU needed) --------------------------------------------------------------
+REGISTERS_PER_BLOCK = 64 * 1024
+"""32-bit registers a block may use on sm_70 to sm_90: a launch whose threads x registers a thread
+exceed this fails (CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES)."""
+
+
+def register_cap(threads: int) -> int:
+    """``max_registers`` that lets ``threads`` threads a block launch (multiples of 8, <= 255)."""
+    return min(255, REGISTERS_PER_BLOCK // max(1, threads) // 8 * 8)
+
+
+def registers(kern: Kernel, argtypes: Sequence[Any], cc: tuple[int, int] = PTX_CC) -> int:
+    """Registers a thread of ``kern`` uses for ``argtypes`` (Numba types) at ``cc``, honouring
+    its ``max_registers``: its PTX assembled by nvJitLink, as launches link it."""
+    import re
+
+    from cuda.bindings import nvjitlink
+
+    ptx = kern.compile_ptx(argtypes, cc).encode()
+    opts = [f"-arch=sm_{cc[0]}{cc[1]}", "-verbose"]
+    if kern.max_registers:
+        opts.append(f"-maxrregcount={kern.max_registers}")
+    handle = nvjitlink.create(len(opts), opts)
+    try:
+        nvjitlink.add_data(handle, nvjitlink.InputType.PTX, ptx, len(ptx), "kernel.ptx")
+        nvjitlink.complete(handle)
+        log = bytearray(nvjitlink.get_info_log_size(handle))
+        nvjitlink.get_info_log(handle, log)
+    finally:
+        nvjitlink.destroy(handle)
+    found = re.search(rb"[Uu]sed (\d+) registers", bytes(log))
+    if found is None:
+        raise RuntimeError(f"no register count in the link log of {kern.name}")
+    return int(found.group(1))
+
+
 recording = threading.local()
 """``recording.rec``: the ``replay`` recorder of the call being recorded on this thread."""
 
@@ -509,4 +545,5 @@ def cdiv(a: int, b: int) -> int:
 __all__ = ["SIMULATOR", "COMPILE_ONLY", "HOST_ARRAYS", "WARP", "declare_device", "device",
            "f32_from_bits", "f32_to_bits", "load_bf16", "store_bf16", "load_f16", "store_f16",
            "storage", "kernel_view", "warp_sum", "warp_max", "kernel", "Kernel", "launch",
-           "arg_key", "numba_type", "array_module", "cdiv", "prepare", "Prepared"]
+           "arg_key", "numba_type", "array_module", "cdiv", "prepare", "Prepared",
+           "REGISTERS_PER_BLOCK", "register_cap", "registers"]

@@ -4,7 +4,8 @@ The input is viewed as C-contiguous ``(rows, n)`` (a copy first when it is not C
 statistics are computed in float32 (float64 for float64 input), ``gamma``/``beta`` are read in
 their own dtypes (any float dtype, any stride) and converted to the compute type per element.
 
-- ``n <= K * T`` with ``K <= kmax`` (the register path, one read and one write): groups of ``T``
+- the register path (one read and one write) when ``n <= K * T``, ``K <= kmax`` and the ``K``
+  values fit a ``B``-thread block's share of the register file (``_row_tile``): groups of ``T``
   threads (a power of two) own one row each, ``B // T`` rows a block; thread ``t`` keeps
   elements ``t + k * T`` (``k < K``, coalesced across the group) in registers. Layernorm: the
   sum gives ``hi``, the rounded mean; the pair (sum of ``d = x - hi``, sum of ``d * d``) gives
@@ -39,7 +40,13 @@ from tsol.kernels.cuda import reduction as red
 from tsol.registry import Config, kernel
 
 KMAX = 32
-"""Most elements a thread keeps in registers: rows up to 32 * 1024 elements in one pass."""
+"""Most elements a thread keeps in registers; the register budget (``REGS_PER_WORD``) allows
+fewer at 1024 threads: float32 layernorm rows up to 8 * 1024 elements take one pass."""
+REGS_PER_WORD = {False: 8, True: 4}
+"""Registers a thread may use per 4-byte word of row it keeps, layernorm (False) and rmsnorm
+(True): the rest hold indices, sums and addresses. Measured with nvJitLink 13.5 for sm_90
+(layernorm: 63 registers at K=8 float32, 76 at K=8 float64; rmsnorm: 63 at K=16 float32),
+so that rows within the budget neither spill nor exceed the register file."""
 
 _FUNCS = '''
 @gpu.device
@@ -119,6 +126,10 @@ def _row_kernel(dt: np.dtype, gdt: np.dtype | None, bdt: np.dtype | None, acc: n
     params = f"x, {_params(gdt, bdt)}out, rows, n, eps"
     source = _FUNCS + f"\n\ndef {name}({params}):\n" + red.indent(body, 4) + "\n"
     k = _kernels[key] = red.build(name, source, red.namespace(acc), __name__)
+    # B threads of more registers each than the register file holds would not launch at all
+    # (float64 layernorm at K = 8 needs 76 a thread, 1024 threads have 64): cap them, so that
+    # any toolkit's allocation launches (spilling at worst).
+    k.max_registers = gpu.register_cap(B)
     return k
 
 
@@ -159,13 +170,17 @@ def _apply_kernel(dt: np.dtype, gdt: np.dtype | None, bdt: np.dtype | None, acc:
     return k
 
 
-def _row_tile(n: int, config: Config) -> tuple[int, int, int] | None:
-    """(T, B, K) of the register path for rows of n elements, or None when they do not fit."""
+def _row_tile(n: int, config: Config, acc: np.dtype, rms: bool) -> tuple[int, int, int] | None:
+    """(T, B, K) of the register path for rows of n elements computed in ``acc``, or None when
+    they do not fit: more than ``kmax`` values a thread, or more words than ``B`` threads'
+    share of the register file holds (``REGS_PER_WORD``)."""
     T = min(red.TMAX, red.pow2ceil(-(-n // config.work)))
     K = red.pow2ceil(-(-n // T))
-    if K > min(KMAX, config.kmax):
+    B = max(T, config.block)
+    words = K * np.dtype(acc).itemsize // 4
+    if K > min(KMAX, config.kmax) or words * REGS_PER_WORD[rms] > gpu.register_cap(B):
         return None
-    return T, max(T, config.block), K
+    return T, B, K
 
 
 def _dt(a: Any) -> np.dtype | None:
@@ -203,7 +218,7 @@ def _run_planned(x: Any, gamma: Any, beta: Any, out: Any, eps: float, rms: bool,
     acc = np.dtype(np.float64 if dt == dtypes.float64 else np.float32)
     xs, os_ = gpu.kernel_view(x).reshape(-1), gpu.kernel_view(out).reshape(-1)
     params = [gpu.kernel_view(p) for p in (gamma, beta) if p is not None]
-    tile = _row_tile(n, config)
+    tile = _row_tile(n, config, acc, rms)
     if tile is not None:
         T, B, K = tile
         gpu.launch(_row_kernel(dt, gdt, bdt, acc, rms, T, B, K), -(-rows // (B // T)), B,
