@@ -337,8 +337,10 @@ names (those work under the simulator alone), so generated sources reach them th
 module the facade imported (``gpu.cuda``) when compiled."""
 
 
-def build(name: str, source: str, ns: dict[str, Any], module: str) -> gpu.Kernel:
-    """Compile ``source`` (defining ``name``) in ``ns`` into a kernel of ``module``."""
+def build(name: str, source: str, ns: dict[str, Any], module: str,
+          threads: int | None = None) -> gpu.Kernel:
+    """Compile ``source`` (defining ``name``) in ``ns`` into a kernel of ``module``; with
+    ``threads`` (a block's), its registers are capped so that such a block can launch."""
     if not gpu.SIMULATOR:
         for old, new in _COMPILED_NAMES:
             source = source.replace(old, new)
@@ -346,7 +348,7 @@ def build(name: str, source: str, ns: dict[str, Any], module: str) -> gpu.Kernel
     exec(compile(source, f"<{module}:{name}>", "exec"), ns)
     fn = ns[name]
     fn.__module__ = module
-    return gpu.kernel(fn)
+    return gpu.kernel(fn, max_registers=gpu.register_cap(threads) if threads else None)
 
 
 _kernels: dict[tuple[Any, ...], gpu.Kernel] = {}
@@ -425,7 +427,7 @@ def _fold_kernel(layout: str, kind: str, src_dt: np.dtype, bf16: bool, acc: np.d
                 "if ty == 0 and col < inner:", "    o = p * inner + col",
                 *("    " + s for s in sink_lines("o * gpu.gridDim.y + gpu.blockIdx.y"))]
     source = funcs + f"\n\ndef {name}({params}):\n" + indent(body, 4) + "\n"
-    k = _kernels[key] = build(name, source, ns, __name__)
+    k = _kernels[key] = build(name, source, ns, __name__, threads=B)
     return k
 
 

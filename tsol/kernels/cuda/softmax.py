@@ -108,7 +108,7 @@ def _row_kernel(dt: np.dtype, acc: np.dtype, log: bool, T: int, B: int, K: int) 
         body += [f"if j{k} < n:", f"    out[base + j{k}] = "
                  f"{red.store_expr(value.format(k=k), dt)}"]
     k = _kernels[key] = red.build(name, _source(name, "x, out, rows, r", body),
-                                  red.namespace(acc), __name__)
+                                  red.namespace(acc), __name__, threads=B)
     return k
 
 
@@ -136,7 +136,8 @@ def _col_kernel(dt: np.dtype, acc: np.dtype, log: bool, TX: int, TY: int, K: int
         body += [f"if j{k} < n:", f"    out[base + j{k} * inner] = "
                  f"{red.store_expr(_value(log, f'v{k}'), dt)}"]
     source = _source(name, "x, out, r, inner, tiles", body, red.KINDS["lse"][2])
-    k = _kernels[key] = red.build(name, source, red.namespace(acc), __name__)
+    k = _kernels[key] = red.build(name, source, red.namespace(acc), __name__,
+                                  threads=TX * TY)
     return k
 
 
@@ -166,7 +167,8 @@ def _apply_kernel(dt: np.dtype, acc: np.dtype, log: bool, TX: int, TY: int, K: i
              f"    j += {TY}"]
     body += ["    " + line for line in loop]
     source = _source(name, "x, m, s, out, r, inner, tiles, seg", body)
-    k = _kernels[key] = red.build(name, source, red.namespace(acc), __name__)
+    k = _kernels[key] = red.build(name, source, red.namespace(acc), __name__,
+                                  threads=TX * TY)
     return k
 
 
