@@ -10,6 +10,7 @@ import tsol
 from tests.cuda.support import (
     COMPILE_ONLY,
     CUDA_TESTS,
+    SIMULATOR,
     check,
     on_cuda,
     run,
@@ -18,8 +19,9 @@ from tests.cuda.support import (
     to_host,
 )
 from tests.support import FLOAT_DTYPES, dtype_id, rand
+from tsol import dtypes
 from tsol.errors import ArgumentError, DTypeError, ShapeError, TSOLError
-from tsol.kernels.cuda import loss, replay
+from tsol.kernels.cuda import gpu, loss, replay
 from tsol.ops import base
 from tsol.registry import Config, kernels
 
@@ -75,12 +77,48 @@ def test_cross_entropy_layouts(shape, rng):
     check_ce(rand(shape, np.float32, rng, low=-5.0, high=5.0), rng)
 
 
-@pytest.mark.parametrize("dt", [np.float32, "bfloat16"], ids=dtype_id)
+@pytest.mark.parametrize("dt", [np.float64, np.float32, "bfloat16"], ids=dtype_id)
 def test_cross_entropy_long_rows_streamed(dt, forced, rng):
     """Rows longer than the registers hold: two streaming reads per row."""
     forced(Config(block=32, work=8, kmax=1))
     check_ce(rand((3, size(301, 300_001)), np.float32, rng, low=-5.0, high=5.0).astype(dt),
              rng, ["none", "mean"])
+
+
+def test_cross_entropy_tiles_fit_the_register_file():
+    """Every tile launches: threads x registers a thread <= the register file (the PTX
+    assembled for sm_90 by nvJitLink; a launch over it fails on the GPU). float32 rows of 32000
+    keep 32 logits a thread in registers (79 registers uncapped, 1024 threads have 64 each);
+    float64 rows that long stream instead."""
+    config = loss.CONFIGS[0]
+    f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
+    assert loss._ce_tile(4099, config, f64) == (1024, 1024, 8, True)
+    assert loss._ce_tile(32000, config, f32) == (1024, 1024, 32, True)
+    assert loss._ce_tile(16384, config, f64) == (1024, 1024, 16, True)
+    assert loss._ce_tile(32000, config, f64) == (1024, 1024, 32, False)
+    assert loss._ce_tile(37, loss.SIM_CONFIG, f64) == (8, 32, 8, True)
+    if SIMULATOR:
+        return      # no PTX under the simulator
+    pytest.importorskip("cuda.bindings.nvjitlink")
+
+    def vec(dt):
+        return gpu.numba_type((gpu.storage(dt)[0].str, 1, "C"))
+
+    i64 = gpu.numba_type(int)
+    for dt in (f64, f32, np.dtype(dtypes.bfloat16)):
+        acc = f64 if dt == f64 else f32
+        for c in (4099, 32000):
+            T, B, K, regs = loss._ce_tile(c, config, acc)
+            for probs in (False, True):
+                tdt = None if probs else np.dtype(np.int64)
+                k = loss._ce_kernel(dt, tdt, acc, "per", False, regs, T, B, K)
+                argtypes = [vec(dt), vec(dt if probs else tdt), vec(f64),
+                            *([] if probs else [vec(np.int8)]), i64, i64]
+                used = gpu.registers(k, argtypes)
+                assert used * B <= gpu.REGISTERS_PER_BLOCK, (k.name, used, B)
+    fin = loss._finish_kernel(f32, True, "mean", 1024)
+    used = gpu.registers(fin, [vec(f64), vec(np.int8), i64, vec(f32), vec(np.int64)])
+    assert used * 1024 <= gpu.REGISTERS_PER_BLOCK, (fin.name, used)
 
 
 def test_cross_entropy_multi_warp_rows(forced, rng):
@@ -189,9 +227,10 @@ def test_cross_entropy_errors(rng):
     check("cross_entropy", [x, np.array([0, 1, 2, 0])], CE_MEAN, np.float32)
 
 
-def kl_inputs(shape, dt, rng):
-    logq = rand(shape, dt, rng, low=-4.0, high=0.0)
-    p = rand(shape, dt, rng, low=0.0, high=1.0)
+def kl_inputs(shape, dt, rng, low=-4.0, high=1.0):
+    """log q in [low, 0), p in [0, high) with one exact zero."""
+    logq = rand(shape, dt, rng, low=low, high=0.0)
+    p = rand(shape, dt, rng, low=0.0, high=high)
     if p.size:
         p.reshape(-1)[0] = 0                              # xlogy(0, 0) = 0
     return logq, p
@@ -200,21 +239,33 @@ def kl_inputs(shape, dt, rng):
 @pytest.mark.parametrize("dt", FLOAT_DTYPES, ids=dtype_id)
 def test_mse_kl_dtypes_and_reductions(dt, rng):
     shape = (size(3, 30), size(43, 4099))
-    a, b = rand(shape, dt, rng), rand(shape, dt, rng)
+    # float16 tops out at 65504: at the real size, sums of values this small (about 20000, not
+    # 740000) stay finite, so the sums are compared, not overflowed (checked below).
+    half = dt == dtypes.float16
+    span = 0.5 if half else 3.0
+    a, b = rand(shape, dt, rng, low=-span, high=span), rand(shape, dt, rng, low=-span, high=span)
     for red in REDUCTIONS:
         check("mse", [a, b], {"reduction": red}, dt)
-    logq, p = kl_inputs(shape, dt, rng)
+    logq, p = kl_inputs(shape, dt, rng, *((-1.0, 0.5) if half else ()))
     for red in REDUCTIONS + ["batchmean"]:
         check("kl_divergence", [logq, p], {"reduction": red, "log_target": False}, dt)
         check("kl_divergence", [logq, logq[::-1].copy()], {"reduction": red, "log_target": True},
               dt)
+    if half:
+        # Terms of 40000 (exact in float16): the float64 sum overflows float16 to inf, as the
+        # reference's would; the mean, accumulated in float64, does not.
+        big = np.full(shape, 100.0, dt)
+        assert COMPILE_ONLY or np.isposinf(run("mse", [big, -big], {"reduction": "sum"}))
+        check("mse", [big, -big], {"reduction": "mean"}, dt)
 
 
 def test_mse_kl_broadcast_promotion_views_out(rng):
     a, b = rand((3, size(37, 1001)), np.float32, rng), rand((size(37, 1001),), np.float64, rng)
     check("mse", [a, b], {"reduction": "none"}, np.float64)           # broadcast, promoted
     check("mse", [a, b], {"reduction": "sum"}, np.float64)
-    check("mse", [a, np.float32(0.5)], {"reduction": "mean"}, np.float32)   # a scalar operand
+    # 0-d arrays for scalar operands: a NumPy scalar becomes a host array, which does not mix
+    # with CuPy operands (nor run on the GPU on its own).
+    check("mse", [a, np.array(0.5, np.float32)], {"reduction": "mean"}, np.float32)
     h = rand((4, 9), "bfloat16", rng)
     check("kl_divergence", [h, rand((4, 9), np.float16, rng, low=0.0, high=1.0)],
           {"reduction": "batchmean", "log_target": False}, np.float32)  # bf16 + fp16 -> fp32
@@ -222,7 +273,8 @@ def test_mse_kl_broadcast_promotion_views_out(rng):
     check("mse", [v, v.T.copy().T], {"reduction": "mean"}, np.float32)
     check("kl_divergence", [v, np.abs(v)], {"reduction": "none", "log_target": False},
           np.float32)
-    check("mse", [np.float32(2.0), np.float32(0.5)], {"reduction": "sum"}, np.float32)
+    check("mse", [np.array(2.0, np.float32), np.array(0.5, np.float32)], {"reduction": "sum"},
+          np.float32)
     with on_cuda():
         out = to_device(np.full((), np.nan, np.float32))
         d = to_device(a)

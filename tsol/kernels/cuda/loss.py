@@ -7,9 +7,11 @@ moved last: free for [C] and [N, C], one copy for [N, C, d1, ...] or other layou
 the sums of ``p`` and of ``p * (max - x)``, all non-negative, so no cancellation) is a second
 tree; thread 0 of the group gathers ``x[target]`` and writes the row's loss
 ``max + log(sum) - x[target]`` in float64 (or in the output dtype for reduction="none").
-Rows of up to ``kmax * 1024`` elements are read once into registers; longer rows are read
-twice, streaming (the second read mostly hits L2). Each row also records whether its target
-was ignored, counted or out of range.
+Rows of up to ``kmax * 1024`` elements (``16 * 1024`` in float64: the logits may take half of
+the 64 registers a thread of a 1024-thread block has) are read once into registers; longer rows
+are read twice, streaming (the second read mostly hits L2). Every kernel is compiled with its
+block's register cap, so it launches. Each row also records whether its target was ignored,
+counted or out of range.
 
 mse / kl_divergence: one grid-stride pass over the broadcast elements (operands that are a
 single element are read as scalars, other broadcasts are first copied), four loads in flight a
@@ -171,6 +173,10 @@ def _ce_kernel(dt: np.dtype, tdt: np.dtype | None, acc: np.dtype, sink: str, ign
     params = ("x, p, " if probs else "x, tg, ") + ("out, " if sink == "none" else "per, ")
     params += ("" if probs else "stat, ") + "rows, n" + (", ign" if ignore else "")
     k = _kernels[key] = _build(name, params, body, acc)
+    # B threads of more registers each than the register file holds would not launch at all
+    # (float32 rows of 32000 classes keep 32 logits a thread: 79 registers, 1024 threads have
+    # 64 each): cap them, so that any toolkit's allocation launches (spilling at worst).
+    k.max_registers = gpu.register_cap(B)
     return k
 
 
@@ -205,6 +211,7 @@ def _finish_kernel(out_dt: np.dtype | None, stat: bool, mode: str, B: int) -> gp
                        (["stat"] if stat else []) + ["L"] + ([] if stat else ["count"]) +
                        (["out"] if mode != "check" else []) + (["info"] if stat else []))
     k = _kernels[key] = _build(name, params, body, np.dtype(np.float64))
+    k.max_registers = gpu.register_cap(B)
     return k
 
 
@@ -251,6 +258,7 @@ def _pointwise_kernel(name: str, adt: np.dtype, bdt: np.dtype, modes: tuple[str,
         body += ["if tid == 0:", "    part[gpu.blockIdx.x] = tot"]
     params = "a, b, n, " + ("out" if sink == "none" else "part")
     k = _kernels[key] = _build(kname, params, body, acc)
+    k.max_registers = gpu.register_cap(B)
     return k
 
 
@@ -306,6 +314,19 @@ def _ce(logits: Any, targets: Any, out: Any, reduction: str, ignore: int | None,
                           logits.shape[class_axis(logits.ndim)], ignore)
 
 
+def _ce_tile(c: int, config: Config, acc: np.dtype) -> tuple[int, int, int, bool]:
+    """(T, B, K, regs) for rows of ``c`` classes: groups of ``T`` threads, ``B`` threads a
+    block, ``K`` logits a thread; ``regs``: they stay in registers, which needs ``K`` within
+    ``kmax`` and their words within half a thread's share of the register file (the other
+    half holds indices, sums and addresses; float64 rows of 32000 classes at 1024 threads
+    would spill hundreds of bytes a thread, so they stream instead)."""
+    T = min(red.TMAX, red.pow2ceil(-(-c // config.work)))
+    K = red.pow2ceil(-(-c // T))
+    B = max(T, config.block)
+    words = K * np.dtype(acc).itemsize // 4
+    return T, B, K, K <= min(KMAX, config.kmax) and words <= gpu.register_cap(B) // 2
+
+
 def _ce_planned(logits: Any, targets: Any, out: Any, info: Any, reduction: str,
                 ignore: int | None, config: Config) -> None:
     """Plan and launch one call: per-row losses, then (unless reduction="none" with
@@ -319,10 +340,7 @@ def _ce_planned(logits: Any, targets: Any, out: Any, info: Any, reduction: str,
     xs = gpu.kernel_view(x).reshape(-1)
     tg = gpu.kernel_view(_rows(targets)).reshape(-1) if probs else \
         gpu.array_module().ascontiguousarray(targets).reshape(-1)
-    T = min(red.TMAX, red.pow2ceil(-(-c // config.work)))
-    K = red.pow2ceil(-(-c // T))
-    regs = K <= min(KMAX, config.kmax)
-    B = max(T, config.block)
+    T, B, K, regs = _ce_tile(c, config, acc)
     sink = "none" if reduction == "none" else "per"
     kern = _ce_kernel(dt, None if probs else np.dtype(tg.dtype), acc, sink,
                       ignore is not None and not probs, regs, T, B, K)
