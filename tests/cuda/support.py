@@ -40,7 +40,8 @@ def size(tiny: int, real: int) -> int:
 
 
 def to_device(x: Any) -> Any:
-    if HOST or not isinstance(x, np.ndarray):
+    """A NumPy array or scalar as a CuPy array on a real GPU (Python scalars stay scalars)."""
+    if HOST or not isinstance(x, (np.ndarray, np.generic)):
         return x
     import cupy
     return cupy.asarray(x)
