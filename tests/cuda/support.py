@@ -64,8 +64,9 @@ def on_cuda() -> Iterator[None]:
 
 def run(op: str, inputs: Sequence[Any], attrs: dict[str, Any] | None = None) -> Any:
     """``tsol.<op>(*inputs, **attrs)`` on the cuda backend, result on the host."""
+    attrs = {k: to_device(v) for k, v in (attrs or {}).items()}     # bias=, residual= too
     with on_cuda():
-        return to_host(getattr(tsol, op)(*[to_device(x) for x in inputs], **(attrs or {})))
+        return to_host(getattr(tsol, op)(*[to_device(x) for x in inputs], **attrs))
 
 
 def check(op: str, inputs: Sequence[Any], attrs: dict[str, Any] | None = None,

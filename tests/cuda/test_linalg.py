@@ -130,6 +130,30 @@ def test_gemm_flags_as_strides(dt, rng):
           scale=scale_for(k))
 
 
+def test_gpu_default_configs(forced, rng):
+    """The configs a GPU picks by default (the simulator tests use small tiles): SIMT64 and
+    SIMT32 with transposed operands, c and epilogue operands; the 8-warp tensor-core tile with A
+    staged by cp.async and B by plain loads (rows of 36 halves are not 16-byte aligned)."""
+    from tsol.kernels.cuda.linalg import MMA, SIMT32, SIMT64
+    m, n, k = size(70, 400), size(66, 500), size(20, 300)
+    for cfg, dt, flags in [(SIMT64, np.float64, [(False, True), (True, False)]),
+                           (SIMT32, np.float32, [(True, True)])]:
+        forced(cfg)
+        c, bias = rand((m, n), dt, rng), rand((n,), np.float32, rng)
+        for ta, tb in flags:
+            a = rand((k, m) if ta else (m, k), dt, rng)
+            b = rand((n, k) if tb else (k, n), dt, rng)
+            check("gemm", [a, b, c], {"alpha": 0.5, "beta": -1.5, "trans_a": ta, "trans_b": tb,
+                                      "bias": bias, "epilogue": "bias_silu"}, dt,
+                  scale=scale_for(k))
+    forced(MMA)
+    m, n, k = size(40, 300), size(36, 260), size(48, 200)
+    a, b = rand((m, k), tsol.bfloat16, rng), rand((k, n), tsol.bfloat16, rng)
+    bias, res = rand((n,), np.float32, rng), rand((m, n), tsol.bfloat16, rng)
+    check("matmul", [a, b], {"bias": bias, "residual": res, "epilogue": "bias_silu_residual"},
+          tsol.bfloat16, scale=scale_for(k))
+
+
 def test_mixed_dtypes_views_empty_and_out(rng):
     m, n, k = size(9, 300), size(10, 301), size(11, 302)
     ts = (16, 16, 8)
