@@ -24,8 +24,7 @@ from tests.cuda.support import (
 )
 from tests.support import FLOAT_DTYPES, assert_close, dtype_id, rand, reference
 from tsol.errors import ArgumentError, DTypeError, ShapeError
-from tsol.ops import base
-from tsol.registry import Config, kernels
+from tsol.registry import Config
 
 pytestmark = [*CUDA_TESTS, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 
@@ -37,16 +36,6 @@ SMALL_TC = (32, 32, 16)
 def scale_for(k):
     """atol multiplier: the size of a K-long sum of products of uniform(-3, 3) values."""
     return 9.0 * math.sqrt(max(k, 1))
-
-
-@pytest.fixture
-def forced(monkeypatch):
-    """``forced(config)``: the cuda kernels run with ``config`` instead of the heuristic's."""
-    def use(config):
-        def pick(opdef, backend, metas, attrs):
-            return (kernels(opdef.name, "cuda")[0], config) if backend == "cuda" else None
-        monkeypatch.setattr(base, "selector", pick)
-    return use
 
 
 def tile_for(dt):

@@ -22,24 +22,13 @@ from tests.support import FLOAT_DTYPES, dtype_id, rand
 from tsol import dtypes
 from tsol.errors import ArgumentError, DTypeError, ShapeError, TSOLError
 from tsol.kernels.cuda import gpu, loss, replay
-from tsol.ops import base
-from tsol.registry import Config, kernels
+from tsol.registry import Config
 
 pytestmark = [*CUDA_TESTS, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 
 REDUCTIONS = ["mean", "sum", "none"]
 CE_MEAN = {"reduction": "mean", "ignore_index": None}
 CE_NONE = {"reduction": "none", "ignore_index": None}
-
-
-@pytest.fixture
-def forced(monkeypatch):
-    """``forced(config)``: the cuda kernels run with ``config`` instead of the heuristic's."""
-    def use(config):
-        def pick(opdef, backend, metas, attrs):
-            return (kernels(opdef.name, "cuda")[0], config) if backend == "cuda" else None
-        monkeypatch.setattr(base, "selector", pick)
-    return use
 
 
 def probs(shape, dt, rng):

@@ -23,21 +23,11 @@ from tsol import dtypes
 from tsol.errors import DTypeError, ShapeError, TSOLError
 from tsol.kernels.cuda import gpu, normalization, replay
 from tsol.ops import base
-from tsol.registry import Config, kernels
+from tsol.registry import Config
 
 pytestmark = [*CUDA_TESTS, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 
 OPS = ["layernorm", "rmsnorm"]
-
-
-@pytest.fixture
-def forced(monkeypatch):
-    """``forced(config)``: the cuda kernels run with ``config`` instead of the heuristic's."""
-    def use(config):
-        def pick(opdef, backend, metas, attrs):
-            return (kernels(opdef.name, "cuda")[0], config) if backend == "cuda" else None
-        monkeypatch.setattr(base, "selector", pick)
-    return use
 
 
 def params(op, n, dt, rng, affine=True):
