@@ -16,6 +16,7 @@ Prints three tables:
    and float32 in GB/s against a CuPy copy of the same bytes.
 """
 
+# ruff: noqa: B023, F821 - each timing lambda runs at once, inside the loop that binds its names
 from __future__ import annotations
 
 import math
@@ -25,6 +26,7 @@ import traceback
 from typing import Any, Callable
 
 import numpy as np
+from tsol.bench.gpu_common import print_compiled, timed
 
 
 def main() -> None:
@@ -146,36 +148,10 @@ def main() -> None:
         case(f"rope {name} [2, 8, 333, 64] positions [B, 1, S]",
              rope_case((2, 8, 333, 64), dt, rng.integers(0, 8192, (2, 1, 333))))
 
-    print("\n== compiled kernels (registers, local bytes) ==")
-    try:
-        from tsol.kernels.cuda import attention
-        drv = cp.cuda.driver
-        for k in attention._kernels.values():
-            for launcher in k._launchers.values():
-                func = getattr(launcher, "func", None)
-                if func is None:
-                    continue
-                regs = drv.funcGetAttribute(4, func)        # CU_FUNC_ATTRIBUTE_NUM_REGS
-                local = drv.funcGetAttribute(3, func)       # LOCAL_SIZE_BYTES (spills)
-                print(f"{k.name[:90]:<92} regs={regs:<4} local={local}")
-    except Exception:  # noqa: BLE001
-        print(traceback.format_exc())
+    from tsol.kernels.cuda import attention
+    print_compiled(attention._kernels.values())
 
     print("\n== speed (median of 10, CUDA events) ==")
-
-    def timed(fn: Callable[[], Any], reps: int = 10) -> float:
-        for _ in range(3):
-            fn()
-        cp.cuda.Device().synchronize()
-        times = []
-        for _ in range(reps):
-            start, stop = cp.cuda.Event(), cp.cuda.Event()
-            start.record()
-            fn()
-            stop.record()
-            stop.synchronize()
-            times.append(cp.cuda.get_elapsed_time(start, stop) / 1e3)
-        return float(np.median(times))
 
     try:
         import torch

@@ -13,6 +13,7 @@ everything. Prints three tables:
    host overhead per call of a small product.
 """
 
+# ruff: noqa: B023, F821 - each timing lambda runs at once, inside the loop that binds its names
 from __future__ import annotations
 
 import math
@@ -22,6 +23,7 @@ import traceback
 from typing import Any, Callable
 
 import numpy as np
+from tsol.bench.gpu_common import print_compiled, timed
 
 
 def main() -> None:
@@ -133,36 +135,10 @@ def main() -> None:
     case("batched f32 (3,1,257,300)@(4,300,129)", batched(np.float32))
     case("batched bf16 (3,1,257,300)@(4,300,129)", batched(bf16))
 
-    print("\n== compiled kernels (registers, local bytes) ==")
-    try:
-        from tsol.kernels.cuda import linalg
-        drv = cp.cuda.driver
-        for k in linalg._kernels.values():
-            for launcher in k._launchers.values():
-                func = getattr(launcher, "func", None)
-                if func is None:
-                    continue
-                regs = drv.funcGetAttribute(4, func)        # CU_FUNC_ATTRIBUTE_NUM_REGS
-                local = drv.funcGetAttribute(3, func)       # LOCAL_SIZE_BYTES (spills)
-                print(f"{k.name[:90]:<92} regs={regs:<4} local={local}")
-    except Exception:  # noqa: BLE001
-        print(traceback.format_exc())
+    from tsol.kernels.cuda import linalg
+    print_compiled(linalg._kernels.values())
 
     print("\n== speed (median of 10, CUDA events) ==")
-
-    def timed(fn: Callable[[], Any], reps: int = 10) -> float:
-        for _ in range(3):
-            fn()
-        cp.cuda.Device().synchronize()
-        times = []
-        for _ in range(reps):
-            start, stop = cp.cuda.Event(), cp.cuda.Event()
-            start.record()
-            fn()
-            stop.record()
-            stop.synchronize()
-            times.append(cp.cuda.get_elapsed_time(start, stop) / 1e3)
-        return float(np.median(times))
 
     def speed(name: str, n: int, dt: Any, vendor_dt: Any, **attrs: Any) -> None:
         try:
