@@ -44,6 +44,7 @@ import numpy as np
 
 from tsol import dtypes
 from tsol.kernels.cpu import reduction_tiles as tiles
+from tsol.kernels.reduction_layout import reduction_groups
 from tsol.registry import Config, kernel
 
 
@@ -76,25 +77,6 @@ def storage_of(a: np.ndarray) -> tuple[np.ndarray, str]:
     return a, "native"
 
 
-def _groups(dims: Sequence[tuple[int, int, bool, int]], itemsize: int
-            ) -> tuple[int, int, int, tuple[int, ...]] | None:
-    """(outer, r, inner, kept) when ``dims`` (size, byte stride, reduced, axis), outermost
-    first, are exactly C-contiguous and read [kept] [reduced] [kept]; else None."""
-    expect = itemsize
-    for size, stride, _, _ in reversed(dims):
-        if stride != expect:
-            return None
-        expect *= size
-    pattern = [red for i, (_, _, red, _) in enumerate(dims) if i == 0 or red != dims[i - 1][2]]
-    if pattern not in ([], [False], [True], [False, True], [True, False], [False, True, False]):
-        return None
-    lead = next((i for i, d in enumerate(dims) if d[2]), len(dims))
-    outer = math.prod(d[0] for d in dims[:lead])
-    r = math.prod(d[0] for d in dims if d[2])
-    inner = math.prod(d[0] for d in dims[lead:] if not d[2])
-    return outer, r, inner, tuple(d[3] for d in dims if not d[2])
-
-
 def plan(a: np.ndarray, axes: tuple[int, ...], *, ordered: bool = False) -> Plan:
     """Canonical view of ``a`` (``a.size > 0``) reduced over ``axes``.
 
@@ -103,12 +85,12 @@ def plan(a: np.ndarray, axes: tuple[int, ...], *, ordered: bool = False) -> Plan
     s, storage = storage_of(a)
     dims = [(n, st, ax in axes, ax)
             for ax, (n, st) in enumerate(zip(s.shape, s.strides, strict=True)) if n != 1]
-    found = _groups(dims, s.itemsize)
+    found = reduction_groups(dims, s.itemsize)
     if found is None:
         by_memory = sorted(dims, key=lambda d: -d[1])
         reduced = [d[3] for d in by_memory if d[2]]
         if not ordered or reduced == sorted(reduced):
-            found = _groups(by_memory, s.itemsize)
+            found = reduction_groups(by_memory, s.itemsize)
     if found is not None:
         outer, r, inner, kept = found
         # Every stride is positive, so the array's first element is its lowest address.

@@ -39,6 +39,7 @@ import numpy as np
 
 from tsol import dtypes
 from tsol.kernels.cuda import gpu, replay
+from tsol.kernels.reduction_layout import reduction_groups
 from tsol.registry import Config, kernel
 
 TMAX = 1024
@@ -534,25 +535,6 @@ def storage_of(a: Any) -> tuple[Any, bool]:
     return a, False
 
 
-def _groups(dims: Sequence[tuple[int, int, bool, int]], itemsize: int
-            ) -> tuple[int, int, int, tuple[int, ...]] | None:
-    """(outer, r, inner, kept) when ``dims`` (size, byte stride, reduced, axis), outermost
-    first, are exactly C-contiguous and read [kept] [reduced] [kept]; else None."""
-    expect = itemsize
-    for size, stride, _, _ in reversed(dims):
-        if stride != expect:
-            return None
-        expect *= size
-    pattern = [red for i, (_, _, red, _) in enumerate(dims) if i == 0 or red != dims[i - 1][2]]
-    if pattern not in ([], [False], [True], [False, True], [True, False], [False, True, False]):
-        return None
-    lead = next((i for i, d in enumerate(dims) if d[2]), len(dims))
-    outer = math.prod(d[0] for d in dims[:lead])
-    r = math.prod(d[0] for d in dims if d[2])
-    inner = math.prod(d[0] for d in dims[lead:] if not d[2])
-    return outer, r, inner, tuple(d[3] for d in dims if not d[2])
-
-
 def plan(a: Any, axes: tuple[int, ...], *, ordered: bool = False
          ) -> tuple[Any, int, int, int, tuple[int, ...], bool]:
     """(flat storage x, outer, r, inner, kept axes in result order, bf16) of ``a`` (size > 0)
@@ -562,13 +544,13 @@ def plan(a: Any, axes: tuple[int, ...], *, ordered: bool = False
     s, bf16 = storage_of(a)
     dims = [(n, st, ax in axes, ax)
             for ax, (n, st) in enumerate(zip(s.shape, s.strides)) if n != 1]
-    found = _groups(dims, s.itemsize)
+    found = reduction_groups(dims, s.itemsize)
     order = dims
     if found is None:
         by_memory = sorted(dims, key=lambda d: -d[1])
         reduced = [d[3] for d in by_memory if d[2]]
         if not ordered or reduced == sorted(reduced):
-            found, order = _groups(by_memory, s.itemsize), by_memory
+            found, order = reduction_groups(by_memory, s.itemsize), by_memory
     if found is not None:
         outer, r, inner, kept = found
         perm = [d[3] for d in order] + [ax for ax in range(a.ndim) if s.shape[ax] == 1]
