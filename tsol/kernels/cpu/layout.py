@@ -21,6 +21,7 @@ from numpy.lib.stride_tricks import as_strided
 from tsol import config as settings
 from tsol import dtypes
 from tsol.kernels.cpu.jit import kernel_jit
+from tsol.kernels.strides import c_strides, collapse
 from tsol.registry import Config, kernel
 
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
@@ -42,15 +43,6 @@ def bits(a: np.ndarray) -> np.ndarray:
     return a.view(_UINT[a.dtype.itemsize])
 
 
-def c_strides(shape: Sequence[int]) -> tuple[int, ...]:
-    """C-order strides of ``shape``, in elements."""
-    out, step = [], 1
-    for n in reversed(shape):
-        out.append(step)
-        step *= max(n, 1)
-    return tuple(reversed(out))
-
-
 def flat_source(a: np.ndarray) -> tuple[np.ndarray, int, tuple[int, ...]]:
     """(window, origin, strides): ``a[i]`` is ``window[origin + sum(i_k * strides_k)]``.
 
@@ -69,22 +61,6 @@ def flat_source(a: np.ndarray) -> tuple[np.ndarray, int, tuple[int, ...]]:
     window = as_strided(lowest, shape=(span,), strides=(u.itemsize,), writeable=False)
     origin = sum(-s * (n - 1) for s, n in zip(strides, u.shape, strict=True) if s < 0)
     return window, origin, strides
-
-
-def collapse(shape: Sequence[int], *strides: Sequence[int]
-             ) -> tuple[tuple[int, ...], list[tuple[int, ...]]]:
-    """Drop size-1 dims and merge neighbours that are one run in every stride list."""
-    dims: list[tuple[int, list[int]]] = []
-    for k, n in enumerate(shape):
-        ss = [s[k] for s in strides]
-        if n == 1:
-            continue
-        if dims and all(p == s * n for p, s in zip(dims[-1][1], ss, strict=True)):
-            dims[-1] = (dims[-1][0] * n, ss)
-        else:
-            dims.append((n, ss))
-    return (tuple(n for n, _ in dims),
-            [tuple(ss[i] for _, ss in dims) for i in range(len(strides))])
 
 
 def base_offsets(tables: Sequence[np.ndarray], origin: int) -> np.ndarray:

@@ -38,6 +38,7 @@ from tsol import dtypes
 from tsol.kernels.cuda import gpu
 from tsol.kernels.cuda import reduction as red
 from tsol.kernels.cuda.layout_util import StridedArg
+from tsol.kernels.strides import c_strides, collapse
 from tsol.registry import Config, kernel
 
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
@@ -49,31 +50,6 @@ MIN_ROW = 32
 def _chunk_units(unit: int) -> int:
     """Units a lane moves per chunk: 32 bytes, at least 4 loads in flight."""
     return max(4, 32 // unit)
-
-
-def c_strides(shape: Sequence[int]) -> tuple[int, ...]:
-    """C-order strides of ``shape``, in elements."""
-    out, step = [], 1
-    for n in reversed(shape):
-        out.append(step)
-        step *= max(n, 1)
-    return tuple(reversed(out))
-
-
-def collapse(shape: Sequence[int], *strides: Sequence[int]
-             ) -> tuple[tuple[int, ...], list[tuple[int, ...]]]:
-    """Drop size-1 dims and merge neighbours that are one run in every stride list."""
-    dims: list[tuple[int, list[int]]] = []
-    for k, n in enumerate(shape):
-        ss = [s[k] for s in strides]
-        if n == 1:
-            continue
-        if dims and all(p == s * n for p, s in zip(dims[-1][1], ss, strict=True)):
-            dims[-1] = (dims[-1][0] * n, ss)
-        else:
-            dims.append((n, ss))
-    return (tuple(n for n, _ in dims),
-            [tuple(ss[i] for _, ss in dims) for i in range(len(strides))])
 
 
 def nocopy_strides(shape: Sequence[int], strides: Sequence[int], itemsize: int,
