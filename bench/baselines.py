@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import importlib.util
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+
+from tsol import dtypes
+
+
+def _xp(x: Any) -> Any:
+    """The array module of ``x``'s library. NumPy calls on CuPy arrays dispatch to CuPy, but an
+    array a baseline creates (a mask, angles, random numbers) must come from that library too:
+    CuPy refuses NumPy operands."""
+    if type(x).__module__.split(".", 1)[0] == "cupy":
+        import cupy
+        return cupy
+    return np
 
 
 def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -39,7 +53,10 @@ def _gelu(x, approximate="none"):
     if approximate == "tanh":
         c = np.float32(0.7978845608) if x.dtype == np.float32 else 0.7978845608028654
         return 0.5 * x * (1 + np.tanh(c * (x + 0.044715 * x * x * x)))
-    from scipy.special import erf
+    if getattr(_xp(x), "__name__", "") == "cupy":
+        from cupyx.scipy.special import erf
+    else:
+        from scipy.special import erf
     return 0.5 * x * (1 + erf(x / np.sqrt(2)).astype(x.dtype))
 
 
@@ -60,16 +77,18 @@ def _attention(q, k, v, *, causal=False, scale=None):
     s = (q @ np.swapaxes(k, -1, -2)) * (scale or 1 / np.sqrt(q.shape[-1]))
     if causal:
         n, m = s.shape[-2:]
-        s = np.where(np.tri(n, m, m - n, dtype=bool), s, -np.inf)
+        xp = _xp(q)
+        s = xp.where(xp.tri(n, m, m - n, dtype=bool), s, -np.inf)
     return _softmax(s) @ v
 
 
 def _rope(x, theta=10000.0):
     s, d = x.shape[-2:]
-    ang = np.arange(s)[:, None] * theta ** (-np.arange(0, d, 2) / d)
-    c, sn = np.cos(ang).astype(x.dtype), np.sin(ang).astype(x.dtype)
+    xp = _xp(x)
+    ang = xp.arange(s)[:, None] * theta ** (-xp.arange(0, d, 2) / d)
+    c, sn = xp.cos(ang).astype(x.dtype), xp.sin(ang).astype(x.dtype)
     x0, x1 = x[..., 0::2], x[..., 1::2]
-    out = np.empty_like(x)
+    out = xp.empty_like(x)
     out[..., 0::2] = x0 * c - x1 * sn
     out[..., 1::2] = x0 * sn + x1 * c
     return out
@@ -82,8 +101,9 @@ def _cross_entropy(logits, targets, reduction="mean"):
 
 
 def _dropout(x, p, seed=0):
-    keep = np.random.default_rng(seed).random(x.shape, dtype=np.float32) >= p
-    return np.where(keep, x / (1 - p), 0).astype(x.dtype)
+    xp = _xp(x)
+    keep = xp.random.default_rng(seed).random(x.shape, dtype=np.float32) >= p
+    return xp.where(keep, x / (1 - p), 0).astype(x.dtype)
 
 
 NUMPY: dict[str, Callable[..., Any]] = {
@@ -104,20 +124,12 @@ NUMPY: dict[str, Callable[..., Any]] = {
 """NumPy's own ufunc or reduction where one exists, else the composed NumPy expression."""
 
 def _torch_table() -> dict[str, Callable[..., Any]]:
-    """PyTorch's eager calls on CuPy inputs (zero-copy through DLPack), when torch is installed."""
+    """PyTorch's eager calls on CUDA tensors, when torch is installed."""
     try:
         import torch
         import torch.nn.functional as tf
     except ImportError:
         return {}
-
-    def t(fn: Callable[..., Any]) -> Callable[..., Any]:
-        def run(*args: Any, **kwargs: Any) -> Any:
-            conv = [torch.from_dlpack(a) if hasattr(a, "__dlpack__") else a for a in args]
-            kw = {k: torch.from_dlpack(v) if hasattr(v, "__dlpack__") else v
-                  for k, v in kwargs.items()}
-            return fn(*conv, **kw)
-        return run
 
     def layernorm(x, g, b):
         return tf.layer_norm(x, (x.shape[-1],), g, b)
@@ -134,20 +146,57 @@ def _torch_table() -> dict[str, Callable[..., Any]]:
             y = tf.gelu(y + bias) if epilogue and "gelu" in epilogue else y + bias
         return y
 
-    table = {"softmax": lambda x, axis=-1: torch.softmax(x, axis),
-             "log_softmax": lambda x, axis=-1: torch.log_softmax(x, axis),
-             "layernorm": layernorm, "rmsnorm": rmsnorm, "exp": torch.exp, "add": torch.add,
-             "multiply": torch.mul, "gelu": lambda x, approximate="none": tf.gelu(
-                 x, approximate=approximate), "sum": lambda x, axis=None: torch.sum(
-                 x, axis) if axis is not None else torch.sum(x),
-             "flash_attention": sdpa, "matmul": matmul,
-             "cross_entropy": lambda x, tgt: tf.cross_entropy(x, tgt)}
-    return {k: t(v) for k, v in table.items()}
+    return {"softmax": lambda x, axis=-1: torch.softmax(x, axis),
+            "log_softmax": lambda x, axis=-1: torch.log_softmax(x, axis),
+            "layernorm": layernorm, "rmsnorm": rmsnorm, "exp": torch.exp, "add": torch.add,
+            "multiply": torch.mul, "gelu": lambda x, approximate="none": tf.gelu(
+                x, approximate=approximate), "sum": lambda x, axis=None: torch.sum(
+                x, axis) if axis is not None else torch.sum(x),
+            "flash_attention": sdpa, "matmul": matmul,
+            "cross_entropy": lambda x, tgt: tf.cross_entropy(x, tgt)}
 
 
-BASELINES = {"numpy": NUMPY, "cupy": NUMPY}
-"""The cupy baseline is the NumPy expression on CuPy arrays (NumPy dispatches to CuPy)."""
-BASELINES["torch"] = _torch_table()
+def _to_cupy(x: np.ndarray) -> Any:
+    import cupy
+    return cupy.asarray(x)
+
+
+def _to_torch(x: np.ndarray) -> Any:
+    """A CUDA tensor of ``x``; bfloat16 travels as its int16 bits (torch knows no ml_dtypes)."""
+    import torch
+    if x.dtype == dtypes.bfloat16:
+        bits = torch.from_numpy(np.ascontiguousarray(x).view(np.int16))
+        return bits.to("cuda").view(torch.bfloat16)
+    return torch.from_numpy(np.ascontiguousarray(x)).to("cuda")
+
+
+@dataclass(frozen=True)
+class Library:
+    """A baseline library: its expression of each op, how a host array becomes one of its
+    arrays (what its expressions take), whether those expressions take bfloat16, and the
+    module it needs installed."""
+
+    table: dict[str, Callable[..., Any]]
+    array: Callable[[np.ndarray], Any]
+    bfloat16: bool = True
+    module: str = "numpy"
+
+    def installed(self) -> bool:
+        return importlib.util.find_spec(self.module) is not None
+
+
+LIBRARIES: dict[str, Library] = {
+    "numpy": Library(NUMPY, lambda x: x),
+    # CuPy's bfloat16 support is partial (no bfloat16 GEMM, some copies fail on dtype 'E'):
+    # its baselines of bfloat16 cases run in float16.
+    "cupy": Library(NUMPY, _to_cupy, bfloat16=False, module="cupy"),
+    "torch": Library(_torch_table(), _to_torch, module="torch"),
+}
+"""The baselines by library name. The cupy baseline is the NumPy expression on CuPy arrays
+(NumPy dispatches to CuPy)."""
+
+BASELINES = {name: lib.table for name, lib in LIBRARIES.items()}
+"""Each library's expressions by op."""
 
 DIFFERENT_STREAM = {"dropout"}
 """Ops whose baseline draws other random numbers: its result is no accuracy yardstick."""

@@ -1,12 +1,53 @@
-"""Helpers shared by the GPU check scripts (``bench/gpu_*_check.py``): CuPy event timing and
-the register/spill report of the kernels a script compiled."""
+"""Helpers shared by the GPU check scripts (``bench/gpu_*_check.py``): the correctness-case
+runner, CuPy event timing and the register/spill report of the kernels a script compiled."""
 
 from __future__ import annotations
 
+import time
 import traceback
 from typing import Any, Callable
 
 import numpy as np
+
+from tsol import dtypes
+
+Allowed = Callable[[float, float, np.ndarray, float], np.ndarray]
+"""``allowed(rtol, atol, want, scale)``: the error each element of ``want`` may have."""
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """A CuPy array on the host; bfloat16 travels as its bits (CuPy's copies of ml_dtypes
+    arrays do not all know the dtype)."""
+    import cupy as cp
+    if np.dtype(x.dtype) == dtypes.bfloat16:
+        return cp.asnumpy(x.view(np.uint16)).view(dtypes.bfloat16)
+    return cp.asnumpy(x)
+
+
+def check_case(name: str, fn: Callable[[], tuple[Any, Any, Any, float]], allowed: Allowed,
+               width: int) -> None:
+    """Run one correctness case and print its line: ``ok`` when every element's error is
+    within ``allowed`` and nothing is NaN, else ``FAIL``; an exception prints ``ERROR`` and
+    its traceback (the script goes on).
+
+    ``fn()`` returns (result, float64 reference, dtype, scale): the result and reference as
+    device arrays, the dtype whose ``dtypes.TOLERANCES`` entry bounds it and the case's
+    tolerance scale handed to ``allowed``. ``width`` pads the name column.
+    """
+    try:
+        t0 = time.perf_counter()
+        got, want, dt, scale = fn()
+        got = to_numpy(got).astype(np.float64)
+        want = to_numpy(want)
+        rtol, atol = {np.dtype(k): v for k, v in dtypes.TOLERANCES.items()}[np.dtype(dt)]
+        bad = np.abs(got - want) / allowed(rtol, atol, want, scale)
+        worst = float(np.nanmax(bad)) if bad.size else 0.0
+        nan = bool(np.isnan(got).any())
+        status = "ok" if worst <= 1 and not nan else "FAIL"
+        print(f"{name:<{width}} {status:<5} err/tol={worst:8.3g} nan={nan} "
+              f"({time.perf_counter() - t0:.1f}s incl. compile)", flush=True)
+    except Exception:  # noqa: BLE001 - report and keep going
+        print(f"{name:<{width}} ERROR\n{traceback.format_exc()}", flush=True)
 
 
 def timed(fn: Callable[[], Any], reps: int = 10) -> float:

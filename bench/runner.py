@@ -7,10 +7,10 @@ import platform
 import statistics
 import sys
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import numpy as np
-from tsol.bench.baselines import BASELINES, DIFFERENT_STREAM
+from tsol.bench.baselines import DIFFERENT_STREAM, LIBRARIES
 from tsol.bench.cases import Case
 
 import tsol
@@ -93,15 +93,32 @@ def peak_memory(fn: Callable[[], Any]) -> int:
         tracemalloc.stop()
 
 
+def map_arrays(fn: Callable[[np.ndarray], Any], x: Any) -> Any:
+    """``x`` with ``fn`` applied to every NumPy array in it, inside lists, tuples and dict
+    values too (a call's (args, kwargs), attributes such as rope's ``positions=``)."""
+    if isinstance(x, np.ndarray):
+        return fn(x)
+    if isinstance(x, (list, tuple)):
+        return type(x)(map_arrays(fn, e) for e in x)
+    if isinstance(x, dict):
+        return {k: map_arrays(fn, v) for k, v in x.items()}
+    return x
+
+
 def to_backend(x: Any, b: Any) -> Any:
-    """A host input as ``b``'s array (CuPy for cuda); scalars and NumPy for cpu unchanged."""
-    if b.name == "cpu" or not isinstance(x, np.ndarray) or b.host_arrays():
+    """``x`` (an array or a call's (args, kwargs)) with every host array as ``b``'s array
+    (CuPy for cuda); scalars, and everything for cpu or a backend on host arrays, unchanged."""
+    if b.name == "cpu" or b.host_arrays():
         return x
-    return b.array_module().asarray(x)
+    return map_arrays(b.array_module().asarray, x)
 
 
 def to_host(x: Any) -> Any:
+    """A result as a NumPy array: CuPy bfloat16 comes back through its bits (CuPy's copy of an
+    ml_dtypes array does not always know the dtype), torch bfloat16 as float32."""
     if hasattr(x, "get") and type(x).__module__.startswith("cupy"):
+        if np.dtype(x.dtype) == tsol.bfloat16:
+            return x.view(np.uint16).get().view(tsol.bfloat16)
         return x.get()
     if type(x).__module__.startswith("torch"):
         return x.detach().cpu().float().numpy() if str(x.dtype) == "torch.bfloat16" \
@@ -109,15 +126,38 @@ def to_host(x: Any) -> Any:
     return x
 
 
-def baselines_for(case: Case, b: Any) -> dict[str, Callable[..., Any]]:
-    """The baseline callables for ``case`` on backend ``b``, by library name (installed ones)."""
-    names = case.baselines if b.name == "cpu" else ("cupy", "torch")
-    out = {}
-    for name in names:
-        table = BASELINES.get(name)
-        if table is None or case.op not in table:
+GPU_BASELINES = ("cupy", "torch")
+"""The baseline libraries of every case on a GPU backend."""
+
+
+class BaselineCall(NamedTuple):
+    """One baseline of a case, ready to run: ``call()`` on its library's own arrays."""
+
+    label: str
+    """The library's name, plus ' (float16)' when it ran a bfloat16 case in float16."""
+    call: Callable[[], Any]
+    same_dtype: bool
+    """Whether it ran in the case's dtype (only then is its error a yardstick)."""
+
+
+def baseline_calls(case: Case, b: Any, args: list[Any], kwargs: dict[str, Any]
+                   ) -> list[BaselineCall]:
+    """The installed baselines of ``case`` on backend ``b``, each on copies of the host call
+    ``(args, kwargs)`` as its library's arrays; a library that cannot take bfloat16 gets the
+    bfloat16 arrays as float16."""
+    dts: list[Any] = []
+    map_arrays(lambda x: dts.append(x.dtype), (args, kwargs))
+    as_f16 = map_arrays(lambda x: x.astype(np.float16) if x.dtype == tsol.bfloat16 else x,
+                        (args, kwargs)) if tsol.bfloat16 in dts else None
+    out = []
+    for name in case.baselines if b.name == "cpu" else GPU_BASELINES:
+        lib = LIBRARIES.get(name)
+        if lib is None or case.op not in lib.table or not lib.installed():
             continue
-        out[name] = table[case.op]
+        cast = as_f16 is not None and not lib.bfloat16
+        a, kw = map_arrays(lib.array, as_f16 if cast else (args, kwargs))
+        out.append(BaselineCall(f"{name} (float16)" if cast else name,
+                                functools.partial(lib.table[case.op], *a, **kw), not cast))
     return out
 
 
@@ -149,15 +189,22 @@ def run_case(case: Case, backend: str = "cpu", quick: bool = False,
     b = backends.get(backend)
     inputs = case.make_inputs(rng, quick)
     host_args, host_kwargs = case.call_args(inputs)
-    args, kwargs = case.call_args([to_backend(x, b) for x in inputs])
+    args, kwargs = to_backend((host_args, host_kwargs), b)
     fn = getattr(tsol, case.op)
     opdef = get_op(case.op)
     got = to_host(fn(*args, **kwargs))
     ref = reference(case.op, host_args, host_kwargs)
     operands, attrs = bound_call(case.op, args, kwargs)
-    baseline_fns = baselines_for(case, b)
-    base_out = {name: to_host(f(*args, **kwargs)) for name, f in baseline_fns.items()}
-    ok, detail = check(case, got, next(iter(base_out.values()), None), ref)
+    # A baseline that fails is reported in its entry; it never fails the row.
+    calls, failed, base_out = baseline_calls(case, b, host_args, host_kwargs), {}, {}
+    for bc in calls:
+        try:
+            base_out[bc.label] = to_host(bc.call())
+        except Exception as exc:  # noqa: BLE001
+            failed[bc.label] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+    yardstick = next((base_out[bc.label] for bc in calls
+                      if bc.same_dtype and bc.label in base_out), None)
+    ok, detail = check(case, got, yardstick, ref)
     metas = [None if o is None else meta_of(o) for o in operands]
     chosen = select(opdef, backend, metas, attrs)
     flops, nbytes = opdef.cost(*metas, out=meta_of(got), **attrs)
@@ -182,14 +229,19 @@ def run_case(case: Case, backend: str = "cpu", quick: bool = False,
     ceilings = b.ceilings()
     if "copy_GBps" in ceilings:
         row["pct_copy_bw"] = 100 * row["GBps"] / ceilings["copy_GBps"]
-    row["baselines"] = {}
-    for name, f in baseline_fns.items():
-        call = functools.partial(f, *args, **kwargs)
-        t = time_call(call, timer)
-        row["baselines"][name] = {"median_s": t["median_s"],
-                                  "speedup": t["median_s"] / row["median_s"]}
+    row["baselines"] = failed
+    for bc in calls:
+        if bc.label not in base_out:
+            continue
+        try:
+            t = time_call(bc.call, timer)
+        except Exception as exc:  # noqa: BLE001 - e.g. out of memory while timing
+            row["baselines"][bc.label] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+            continue
+        entry = row["baselines"][bc.label] = {"median_s": t["median_s"],
+                                              "speedup": t["median_s"] / row["median_s"]}
         if backend == "cpu":
-            row["baselines"][name]["peak_bytes"] = peak_memory(call)
+            entry["peak_bytes"] = peak_memory(bc.call)
     return row
 
 
@@ -229,7 +281,7 @@ def markdown_table(doc: dict[str, Any]) -> str:
         if not r["ok"]:
             lines.append(f"| {r['case']} | {r['kernel']} | FAILED: {r['check']} | | | | | |")
             continue
-        base = next(iter(r["baselines"].values()), None)
+        base = next((v for v in r["baselines"].values() if "median_s" in v), None)
         cells = [r["case"], r["kernel"], f"{r['median_s'] * 1e3:.3f}", f"{r['GBps']:.1f}",
                  f"{r['GFLOPs']:.1f}",
                  f"{base['median_s'] * 1e3:.3f}" if base else "",
@@ -239,6 +291,7 @@ def markdown_table(doc: dict[str, Any]) -> str:
                 f" ({base['peak_bytes'] / mib:.1f})" if base and "peak_bytes" in base else ""))
         else:
             cells.append(f"{r.get('pct_copy_bw', 0):.0f}% of copy; "
-                         + ", ".join(f"{n} {v['speedup']:.2f}x" for n, v in r["baselines"].items()))
+                         + ", ".join(f"{n} {v['speedup']:.2f}x" if "speedup" in v
+                                     else f"{n} failed" for n, v in r["baselines"].items()))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

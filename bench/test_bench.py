@@ -1,12 +1,27 @@
 """pytest-benchmark view of the case table: ``pytest bench/ --benchmark-only``."""
 
+import sys
+import types
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
-from tsol.bench.baselines import BASELINES
-from tsol.bench.cases import CASES
-from tsol.bench.runner import check, reference
+from tsol.bench import baselines, gpu_config_sweep
+from tsol.bench.baselines import BASELINES, LIBRARIES, NUMPY, Library
+from tsol.bench.cases import CASES, Case
+from tsol.bench.runner import (
+    baseline_calls,
+    check,
+    map_arrays,
+    markdown_table,
+    reference,
+    run_case,
+    to_backend,
+)
 
 import tsol
+from tsol import backends
+from tsol.dtypes import TOLERANCES
 
 CPU_CASES = [c for c in CASES if c.runs_on("cpu")]
 
@@ -24,3 +39,170 @@ def test_case(benchmark, case, impl):
         assert ok, detail
     benchmark.group = case.id
     benchmark(fn, *args, **kwargs)
+
+
+# --- the runner's array movement and baselines (no GPU: fake device arrays) -----------------
+
+class Device(np.ndarray):
+    """A device-array stand-in that, like CuPy, refuses NumPy (host) arrays as operands."""
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        return _device_call(getattr(ufunc, method), inputs, kwargs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        return _device_call(func, args, kwargs)
+
+
+def _plain(x):
+    if type(x) is np.ndarray:
+        raise TypeError(f"Unsupported type {type(x)}")
+    if isinstance(x, (list, tuple)):
+        return type(x)(_plain(e) for e in x)
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    return x.view(np.ndarray) if isinstance(x, Device) else x
+
+
+def _wrap(x):
+    if isinstance(x, np.ndarray):
+        return x.view(Device)
+    if isinstance(x, tuple):
+        return tuple(_wrap(e) for e in x)
+    return x
+
+
+def _device_call(fn, args, kwargs):
+    return _wrap(fn(*_plain(args), **_plain(kwargs)))
+
+
+class DeviceModule:
+    """NumPy (its functions, submodules, the objects they return) giving Device arrays: the
+    array module of a Device array."""
+
+    def __init__(self, obj=np):
+        self._obj = obj
+
+    def __getattr__(self, name):
+        attr = getattr(self._obj, name)
+        return attr if isinstance(attr, type) or not callable(attr) and \
+            not isinstance(attr, types.ModuleType) else DeviceModule(attr)
+
+    def __call__(self, *args, **kwargs):
+        out = self._obj(*args, **kwargs)
+        if isinstance(out, np.ndarray):
+            return out.view(Device)
+        return out if out is None or isinstance(out, (bool, int, float, np.generic)) \
+            else DeviceModule(out)
+
+
+class FakeGPU:
+    """A GPU backend whose arrays are Device arrays."""
+
+    name = "cuda"
+
+    def host_arrays(self):
+        return False
+
+    def array_module(self):
+        return SimpleNamespace(asarray=lambda x: np.array(x).view(Device))
+
+
+def _arrays(x):
+    found = []
+    map_arrays(found.append, x)
+    return found
+
+
+def test_to_backend_moves_every_array_input():
+    """Positional and keyword arrays (matmul's bias=) and array attributes (rope's
+    positions=) become the backend's arrays; scalars and tuples stay; cpu moves nothing."""
+    mm = next(c for c in CASES if c.keywords == ("bias",))
+    rope = Case("attention", "rope", (2, 5, 4), attrs=(("positions", np.arange(5)),))
+    rng = np.random.default_rng(0)
+    for case in (mm, rope):
+        call = case.call_args(case.make_inputs(rng, quick=True))
+        moved = to_backend(call, FakeGPU())
+        assert len(_arrays(moved)) == len(_arrays(call)) >= 2
+        assert all(type(a) is Device for a in _arrays(moved)), case.id
+        assert {k: v for k, v in moved[1].items() if not isinstance(v, np.ndarray)} == \
+            {k: v for k, v in call[1].items() if not isinstance(v, np.ndarray)}
+        assert to_backend(call, backends.get("cpu")) is call
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_gpu_baselines_take_only_their_own_arrays(case, monkeypatch):
+    """Every case's cupy baseline runs on its library's arrays alone (a host array made
+    inside the expression, such as a causal mask, rope angles or dropout's draws, fails as in
+    CuPy), and bfloat16 cases run it in float16 under the label 'cupy (float16)'."""
+    monkeypatch.setitem(LIBRARIES, "cupy", Library(NUMPY, lambda x: x.view(Device),
+                                                   bfloat16=False))
+    monkeypatch.delitem(LIBRARIES, "torch")
+    monkeypatch.setattr(baselines, "_xp",
+                        lambda x: DeviceModule() if isinstance(x, Device) else np)
+    args, kwargs = case.call_args(case.make_inputs(np.random.default_rng(0), quick=True))
+    calls = baseline_calls(case, FakeGPU(), args, kwargs)
+    assert len(calls) == (case.op in NUMPY)
+    for bc in calls:
+        half = case.dtype == "bfloat16"
+        assert bc.label == ("cupy (float16)" if half else "cupy") and bc.same_dtype != half
+        given = _arrays((bc.call.args, bc.call.keywords))
+        assert all(type(a) is Device for a in given)
+        assert all(a.dtype != tsol.bfloat16 for a in given)
+        got = bc.call()
+        assert isinstance(got, Device) or np.ndim(got) == 0
+        plain = map_arrays(lambda a: a.view(np.ndarray), (list(bc.call.args),
+                                                          bc.call.keywords))
+        want = NUMPY[case.op](*plain[0], **plain[1])
+        np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64),
+                                   rtol=1e-6, equal_nan=True)
+
+
+def test_failing_baseline_does_not_fail_the_row(monkeypatch):
+    def broken(x):
+        raise TypeError("data type 'E' not understood")
+
+    monkeypatch.setitem(LIBRARIES, "numpy", Library({"neg": broken}, lambda x: x))
+    row = run_case(Case("elementwise", "neg", (1000,)), "cpu")
+    assert row["ok"], row["check"]
+    assert row["baselines"] == {"numpy": {"error": "TypeError: data type 'E' not understood"}}
+    assert "neg[1000,float32]" in markdown_table({"rows": [row]})
+
+
+@pytest.mark.parametrize("op", gpu_config_sweep.OPS)
+@pytest.mark.parametrize("dt", [np.float32, tsol.bfloat16], ids=["float32", "bfloat16"])
+def test_config_sweep_reference_takes_normalized_attrs(op, dt):
+    """The sweep's float64 reference is built as the runner builds it (defaults filled):
+    it matches tsol on the CPU within the dtype's tolerance."""
+    host, attrs, ref = gpu_config_sweep.prepare(op, (5, 37), np.dtype(dt),
+                                                np.random.default_rng(1))
+    got = np.asarray(getattr(tsol, op)(*host, **attrs), np.float64)
+    rtol, atol = TOLERANCES[tsol.dtypes.dtype(dt)]
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=rtol, atol=atol * max(1.0, np.abs(ref).max()))
+
+
+def test_gpu_check_case_lines(monkeypatch, capsys):
+    """The check scripts' shared case runner: ok within tolerance, FAIL past it or on NaN,
+    ERROR with the traceback when the case raises; bfloat16 results come back by their bits."""
+    from tsol.bench import gpu_attention_check, gpu_common, gpu_linalg_check
+    monkeypatch.setitem(sys.modules, "cupy", SimpleNamespace(asnumpy=np.asarray))
+    want = np.linspace(-3, 3, 40)
+    rtol, atol = TOLERANCES[tsol.dtypes.dtype(tsol.bfloat16)]
+    close = want.astype(tsol.bfloat16)
+    far = (want + 10 * (atol + rtol * 3)).astype(tsol.bfloat16)
+    nan = np.where(want > 0, np.nan, want).astype(np.float32)
+
+    def boom():
+        raise RuntimeError("launch failed")
+
+    gpu_linalg_check.case("mm", lambda: (close, want, tsol.bfloat16, 1))
+    gpu_attention_check.case("attn", lambda: (far, want, tsol.bfloat16, 1.0))
+    gpu_common.check_case("nan", lambda: (nan, want, np.float32, 1.0),
+                          gpu_attention_check.allowed, width=10)
+    gpu_linalg_check.case("broken", boom)
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].startswith(f"{'mm':<52} ok    err/tol=")
+    assert lines[1].startswith(f"{'attn':<58} FAIL  err/tol=")
+    assert lines[2].startswith(f"{'nan':<10} FAIL  ") and "nan=True" in lines[2]
+    assert lines[3] == f"{'broken':<52} ERROR" and "RuntimeError: launch failed" in out

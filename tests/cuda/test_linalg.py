@@ -181,3 +181,34 @@ def test_user_errors(rng):
             tsol.matmul(to_device(a), to_device(a.T), epilogue="tanh")
         with pytest.raises(ShapeError):
             tsol.gemm(to_device(a[0]), to_device(a.T))
+
+
+CHECK_TILES = [(128, 128, 8), (64, 128, 64), (256, 128, 32), (128, 256, 32)]
+"""The tile_shapes bench/gpu_linalg_check.py runs, plus the largest and smallest tiles."""
+
+
+def test_every_tile_fits_the_register_file():
+    """Every registered matmul/gemm config and every tile a tile_shape of the check script
+    (and the extremes) maps to, of either kind, builds a kernel whose registers are capped so
+    that a block launches: threads x max_registers <= the register file (uncapped, the
+    512-thread tile of tile_shape=(256, 128, 32) took 255 registers a thread and failed with
+    CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES)."""
+    from tsol.kernels.cuda import gpu, linalg
+    from tsol.registry import kernels
+    configs = {c for op in ("matmul", "gemm") for k in kernels(op, "cuda") for c in k.configs
+               if "kind" in c.asdict()}
+    for tile in CHECK_TILES + [(256, 256, 64), (16, 16, 4)]:
+        configs |= {linalg.mma_tile(*tile), linalg.simt_tile(*tile)}
+    assert Config(kind="mma", bm=256, bn=128, bk=32, wm=4, wn=4, stages=3) in configs
+    for cfg in sorted(configs, key=repr):
+        knobs = cfg.asdict()
+        kind = knobs.pop("kind")
+        threads = linalg.threads_per_block(kind, knobs)
+        dt = tsol.bfloat16 if kind == "mma" else np.float32
+        modes = (True,) * (4 if kind == "mma" else 2)
+        k = linalg._build(kind, knobs, np.dtype(np.float32), (dt, dt), modes,
+                          (None, None, None, None, dt))
+        assert 32 <= threads <= 1024, (cfg, threads)
+        assert k.max_registers, (k.name, "no register cap")
+        assert threads * k.max_registers <= gpu.REGISTERS_PER_BLOCK, (k.name, threads,
+                                                                      k.max_registers)

@@ -29,7 +29,7 @@ kernel (roughly 2x); this rule must be confirmed by measurement (``bench/gpu_lin
 Everything else runs ours: ``mma`` for one half dtype, ``simt`` for the rest. ``tile_shape``
 (BM, BN, BK) always runs ours and is rounded to what the chosen kernel supports (``simt``:
 powers of two, BM/BN 16..256, BK 4..32; ``mma``: BM/BN multiples of 32 up to 256, BK 16, 32
-or 64).
+or 64). Registers are capped at ``gpu.register_cap`` of a block's threads: every tile launches.
 """
 
 from __future__ import annotations
@@ -415,12 +415,18 @@ def _build(kind: str, cfg: dict[str, int], ct: np.dtype, dts: tuple[Any, ...],
         src = mma_source(name, cfg, np.dtype(dts[0]) == dtypes.bfloat16, *modes, spec)
     else:
         src = simt_source(name, cfg, dts[0], dts[1], *modes, spec)
-    # The simulator sizes dynamic shared arrays by dtype.itemsize: it needs a dtype instance.
-    u16 = np.dtype(np.uint16) if gpu.SIMULATOR else np.uint16
+    # U16: the simulator sizes dynamic shared arrays by dtype.itemsize (a dtype instance).
     ns = {"gpu": gpu, "np": np, "math": _SIM_MATH if gpu.SIMULATOR else math, "tc": tc,
-          "F": np.dtype(ct).type, "U16": u16}
-    k = _kernels[key] = red.build(name, src, ns, __name__)
+          "F": np.dtype(ct).type, "U16": np.dtype(np.uint16) if gpu.SIMULATOR else np.uint16}
+    k = _kernels[key] = red.build(name, src, ns, __name__, threads=threads_per_block(kind, cfg))
     return k
+
+
+def threads_per_block(kind: str, knobs: dict[str, int]) -> int:
+    """Threads of one block of the ``kind`` ('mma' or 'simt') kernel for tile ``knobs``; its
+    registers are capped to fit them (uncapped, 512 threads of 255 registers do not launch)."""
+    return 32 * knobs["wm"] * knobs["wn"] if kind == "mma" else \
+        (knobs["bm"] // knobs["tm"]) * (knobs["bn"] // knobs["tn"])
 
 
 # --- configs and selection -----------------------------------------------------------------------
@@ -519,18 +525,12 @@ def run(a: Any, b: Any, out: Any, config: Config, *, c: Any = None, bias: Any = 
     args += [gpu.kernel_view(out).reshape(-1), M, N, K, nbatch, float(alpha), float(beta)]
     a_kfast = abs(args[3]) <= abs(args[2])
     b_nfast = abs(args[7]) <= abs(args[6])
-    if mma:
-        modes = (a_vec, b_vec, a_kfast, b_nfast)
-        threads = 32 * knobs["wm"] * knobs["wn"]
-        shared = 2 * knobs["stages"] * (knobs["bm"] * (knobs["bk"] + PAD)
-                                        + knobs["bk"] * (knobs["bn"] + PAD))
-    else:
-        modes = (a_kfast, b_nfast)
-        threads = (knobs["bm"] // knobs["tm"]) * (knobs["bn"] // knobs["tn"])
-        shared = 0
+    modes = (a_vec, b_vec, a_kfast, b_nfast) if mma else (a_kfast, b_nfast)
+    shared = 2 * knobs["stages"] * (knobs["bm"] * (knobs["bk"] + PAD) + knobs["bk"]
+                                    * (knobs["bn"] + PAD)) if mma else 0
     kern = _build(kind, knobs, ct, tuple(dts), modes, tuple(spec))
     grid = (gpu.cdiv(N, knobs["bn"]), gpu.cdiv(M, knobs["bm"]), min(nbatch, 65535))
-    gpu.launch(kern, grid, threads, args, shared=shared)
+    gpu.launch(kern, grid, threads_per_block(kind, knobs), args, shared=shared)
 
 
 def _config_for(config: Config, tile_shape: Any) -> Config:
@@ -597,4 +597,4 @@ def gemm_cublas(a: Any, b: Any, c: Any, bias: None, residual: None, *, out: Any,
 
 
 __all__ = ["CONFIGS", "run", "simt_source", "mma_source", "simt_tile", "mma_tile",
-           "prefer_cublas"]
+           "prefer_cublas", "threads_per_block"]
