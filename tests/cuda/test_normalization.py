@@ -1,7 +1,8 @@
 """CUDA layernorm and rmsnorm against the float64 reference: every float dtype, odd widths,
 gamma/beta absent or of other dtypes and strides, a mean far larger than the spread, rows
 longer than the registers hold (Welford statistics split over blocks, then a streaming pass),
-multi-warp rows, views, in-place out=, empty inputs and user errors."""
+multi-warp rows, views, in-place out=, empty inputs and user errors; the fused residual add
+(same and mixed dtypes, both paths, out= the residual, replayed layouts)."""
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from tests.cuda.support import (
     to_device,
     to_host,
 )
-from tests.support import FLOAT_DTYPES, dtype_id, rand, reference
+from tests.support import FLOAT_DTYPES, dtype_id, rand, reference, to64
 from tsol import dtypes
 from tsol.errors import DTypeError, ShapeError, TSOLError
 from tsol.kernels.cuda import gpu, normalization, replay
@@ -81,11 +82,13 @@ def test_register_path_fits_the_register_file():
                 if planned is None:
                     continue
                 T, B, K = planned
-                k = normalization._row_kernel(dt, dt, None if rms else dt, acc, rms, T, B, K)
-                argtypes = [arr] * (3 if rms else 4) + [gpu.numba_type(int)] * 2 \
-                    + [gpu.numba_type(float)]
-                used = gpu.registers(k, argtypes)
-                assert used * B <= gpu.REGISTERS_PER_BLOCK, (k.name, used, B)
+                for res in (None, dt):
+                    dts = normalization._Dtypes(dt, res, dt, None if rms else dt, dt)
+                    k = normalization._row_kernel(dts, acc, rms, T, B, K)
+                    argtypes = [arr] * (3 + (not rms) + (res is not None)) \
+                        + [gpu.numba_type(int)] * 2 + [gpu.numba_type(float)]
+                    used = gpu.registers(k, argtypes)
+                    assert used * B <= gpu.REGISTERS_PER_BLOCK, (k.name, used, B)
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -191,13 +194,94 @@ def test_second_call_of_a_layout_replays(forced, monkeypatch, rng):
                                                                  eps=1e-5), rtol=1e-5, atol=1e-5)
             check("layernorm", [x, g, b], {"eps": 1e-5}, np.float32)
             check("rmsnorm", [x, g[::-1]], {"eps": 1e-5}, np.float32)
+            r = rand(x.shape, dtypes.bfloat16, rng)
+            check_residual("layernorm", x, r, [g, b])
+            check_residual("rmsnorm", x, r, [None])
+            with on_cuda():
+                d, e = to_device(x.copy()), to_device(r.astype(np.float32))
+                assert tsol.rmsnorm(d, to_device(g), 1e-5, residual=e, out=e) is e
+            if not COMPILE_ONLY:
+                np.testing.assert_allclose(to_host(e), reference("rmsnorm", x, g, to64(r),
+                                                                 eps=1e-5), rtol=1e-5, atol=1e-5)
 
     calls()
-    assert len(normalization._replays.cache) == 6
+    assert len(normalization._replays.cache) == 12
     assert None not in normalization._replays.cache.values()
     monkeypatch.setattr(normalization, "_run_planned",
                         lambda *a, **k: pytest.fail("planned a replayed call"))
     calls()
+
+# --- the fused residual add ----------------------------------------------------------------
+
+RESIDUAL_DTYPES = [(np.float32, np.float32), (np.float16, np.float16),
+                   (dtypes.bfloat16, dtypes.bfloat16), (np.float64, np.float64),
+                   (np.float16, np.float32), (np.float32, np.float64)]
+
+
+def check_residual(op, x, r, p, eps=1e-5, **attrs):
+    """``op`` of ``x + r`` on cuda against the float64 reference, in the promoted dtype."""
+    dt = dtypes.result_type(x.dtype, r.dtype)
+    got = check(op, [x, *p], {"eps": eps, "residual": r, **attrs}, dt,
+                ref_attrs={"eps": eps, "residual": to64(r)})
+    assert got.dtype == dt and got.shape == x.shape
+    return got
+
+
+@pytest.mark.parametrize("xdt,rdt", RESIDUAL_DTYPES,
+                         ids=[f"{dtype_id(a)}+{dtype_id(b)}" for a, b in RESIDUAL_DTYPES])
+@pytest.mark.parametrize("op", OPS)
+def test_residual_dtypes_and_odd_widths(op, xdt, rdt, rng):
+    """x + residual in the register path: odd widths, one row, gamma/beta present and absent."""
+    for shape in [(size(3, 300), size(37, 4099)), (1, size(33, 1000)), (2, 3, size(7, 513))]:
+        x, r = rand(shape, xdt, rng), rand(shape, rdt, rng)
+        check_residual(op, x, r, params(op, shape[-1], xdt, rng))
+        check_residual(op, x, r, params(op, shape[-1], xdt, rng, affine=False))
+
+
+@pytest.mark.parametrize("xdt,rdt", [(np.float32, dtypes.bfloat16),
+                                     (dtypes.bfloat16, dtypes.bfloat16),
+                                     (np.float64, np.float32)], ids=dtype_id)
+@pytest.mark.parametrize("op", OPS)
+def test_residual_long_rows_two_pass(op, xdt, rdt, forced, rng):
+    """Rows longer than the registers hold, with a residual: summed once into the statistics'
+    input, Welford statistics split over 3 blocks, then the streaming pass."""
+    forced(Config(block=32, work=16, kmax=1, split=3))
+    n = size(129, 50000)
+    x = (rand((3, n), np.float32, rng) + 4).astype(xdt)
+    r = rand((3, n), rdt, rng)
+    check_residual(op, x, r, params(op, n, np.float32, rng))
+    check_residual(op, x, r, params(op, n, np.float32, rng, affine=False))
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_residual_views_and_out_aliases(op, rng):
+    """A strided residual is copied first; out= may be x or the residual itself."""
+    n = size(9, 513)
+    x, r = rand((size(6, 64), n), np.float32, rng), rand((n, size(6, 64)), np.float32, rng).T
+    p = params(op, n, np.float32, rng)
+    check_residual(op, x, r, p)                       # r is not C-contiguous
+    want = reference(op, x, *p, np.ascontiguousarray(r), eps=1e-5)
+    for target in ("x", "residual"):
+        y, s = x.copy(), np.ascontiguousarray(r)
+        with on_cuda():
+            dy, ds = to_device(y), to_device(s)
+            dest = dy if target == "x" else ds
+            assert getattr(tsol, op)(dy, *[to_device(q) for q in p], 1e-5, residual=ds,
+                                     out=dest) is dest
+        if not COMPILE_ONLY:
+            np.testing.assert_allclose(to_host(dest), want, rtol=1e-5, atol=1e-5,
+                                       err_msg=f"out={target}")
+
+
+def test_residual_errors(rng):
+    x = rand((4, 5), np.float32, rng)
+    for op in OPS:
+        with pytest.raises(ShapeError) as info:
+            run(op, [x], {"eps": 1e-5, "residual": np.ones((4, 1), np.float32)})
+        assert "residual has shape (4, 1)" in str(info.value)
+        with pytest.raises(DTypeError):
+            run(op, [x], {"eps": 1e-5, "residual": np.ones((4, 5), np.int32)})
+
 
 def test_errors(rng):
     x = rand((4, 5), np.float32, rng)

@@ -1,5 +1,6 @@
 """layernorm and rmsnorm against the float64 reference: every dtype, shape and view, with and
-without gamma/beta (also of another dtype than x); out=; determinism; errors; VJPs."""
+without gamma/beta (also of another dtype than x) and a residual (also of another dtype);
+out=; determinism; errors; VJPs; cost."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from tests.support import (
     views,
 )
 from tsol import dtypes
+from tsol.ops.base import Meta
 from tsol.registry import get_op, kernels
 
 ND_SHAPES = [s for s in SHAPES if s] + [(5, 4096), (2, 1, 1)]
@@ -123,21 +125,113 @@ def test_read_only_operands(rng):
 def test_bitwise_same_for_every_config_and_thread_count(op, rng):
     x = rand((37, 1031), np.float32, rng)
     g = rand((1031,), np.float32, rng)
-    operands = [x, g, g] if op == "layernorm" else [x, g]
-    kern = kernels(op, "cpu")[0]
-    results = []
-    for cfg in kern.configs:
-        out = np.full(x.shape, np.nan, np.float32)
-        kern.impl(*operands, out=out, config=cfg, eps=1e-5)
-        results.append(out)
-    threads = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
-        results.append(getattr(tsol, op)(*operands, eps=1e-5))
-    finally:
-        numba.set_num_threads(threads)
-    for r in results[1:]:
-        np.testing.assert_array_equal(r.view(np.uint32), results[0].view(np.uint32))
+    for res in (None, rand(x.shape, np.float32, rng)):
+        operands = [x, g, g, res] if op == "layernorm" else [x, g, res]
+        kern = kernels(op, "cpu")[0]
+        results = []
+        for cfg in kern.configs:
+            out = np.full(x.shape, np.nan, np.float32)
+            kern.impl(*operands, out=out, config=cfg, eps=1e-5)
+            results.append(out)
+        threads = numba.get_num_threads()
+        try:
+            numba.set_num_threads(1)
+            results.append(getattr(tsol, op)(*operands[:-1], eps=1e-5, residual=res))
+        finally:
+            numba.set_num_threads(threads)
+        for r in results[1:]:
+            np.testing.assert_array_equal(r.view(np.uint32), results[0].view(np.uint32))
+
+
+# --- the fused residual add ----------------------------------------------------------------
+
+# (x dtype, residual dtype): same dtypes, and mixed ones whose sum promotes.
+RESIDUAL_DTYPES = [(np.float32, np.float32), (np.float16, np.float16),
+                   (dtypes.bfloat16, dtypes.bfloat16), (np.float64, np.float64),
+                   (np.float16, np.float32), (dtypes.bfloat16, np.float16),
+                   (np.float32, np.float64)]
+RESIDUAL_SHAPES = [(7, 129), (33, 4099), (1, 65), (2, 3, 5)]
+
+
+def norm(op: str, x, p: dict, **kw):
+    if op == "layernorm":
+        return tsol.layernorm(x, p["gamma"], p["beta"], **kw)
+    return tsol.rmsnorm(x, p["gamma"], **kw)
+
+
+def norm_ref(op: str, x, p: dict, r, eps: float):
+    if op == "layernorm":
+        return reference(op, x, p["gamma"], p["beta"], r, eps=eps)
+    return reference(op, x, p["gamma"], r, eps=eps)
+
+
+@pytest.mark.parametrize("which", ["none", "both"])
+@pytest.mark.parametrize("shape", RESIDUAL_SHAPES, ids=shape_id)
+@pytest.mark.parametrize("xdt,rdt", RESIDUAL_DTYPES,
+                         ids=[f"{dtype_id(a)}+{dtype_id(b)}" for a, b in RESIDUAL_DTYPES])
+@pytest.mark.parametrize("op", ["layernorm", "rmsnorm"])
+def test_residual(op, xdt, rdt, shape, which, rng):
+    x, r = rand(shape, xdt, rng), rand(shape, rdt, rng)
+    p = params(which, "float32", shape, xdt, rng)
+    want_dt = dtypes.result_type(np.dtype(xdt), np.dtype(rdt))
+    eps = 1e-5
+    got = norm(op, x, p, eps=eps, residual=r)
+    assert got.dtype == want_dt and got.shape == shape
+    assert_close(got, norm_ref(op, x, p, r, eps), want_dt, what=f"{op} residual")
+    # The reference of the sum is not the reference of x: the residual was really added.
+    assert not np.allclose(norm_ref(op, x, p, None, eps), norm_ref(op, x, p, r, eps))
+
+
+@pytest.mark.parametrize("op", ["layernorm", "rmsnorm"])
+def test_residual_views_and_bitwise_equal_to_the_unfused_sum(op, rng):
+    # float32 + float32 and float16 + float32 round their sum in float32 exactly as the fused
+    # load does, so the fused call gives the bits of the norm of the materialized sum.
+    shape = (9, 130)
+    for xdt in (np.float32, np.float16):
+        x, r = rand(shape, xdt, rng), rand(shape, np.float32, rng)
+        p = params("both", "float32", shape, np.float32, rng)
+        for name, rv in views(r):          # (views of other values: "strided" is)
+            got = norm(op, x, p, residual=rv)
+            unfused = norm(op, x.astype(np.float32) + rv, p)
+            np.testing.assert_array_equal(got.view(np.uint32), unfused.view(np.uint32),
+                                          err_msg=f"{op} residual {name}")
+        for name, xv in views(x):
+            assert_close(norm(op, xv, p, eps=0.5, residual=r), norm_ref(op, xv, p, r, 0.5),
+                         np.float32, what=f"{op} x {name}")
+
+
+@pytest.mark.parametrize("op", ["layernorm", "rmsnorm"])
+def test_residual_out_and_in_place(op, rng):
+    shape = (33, 65)
+    x, r = rand(shape, np.float32, rng), rand(shape, np.float32, rng)
+    p = params("both", "x", shape, np.float32, rng)
+    eps = 1e-5
+    want = norm_ref(op, x, p, r, eps)
+    out = np.full(shape, np.nan, np.float32)
+    assert norm(op, x, p, eps=eps, residual=r, out=out) is out
+    assert_close(out, want, np.float32, what="out=")
+    for target in ("x", "residual"):
+        y, s = x.copy(), r.copy()
+        dest = y if target == "x" else s
+        assert norm(op, y, p, eps=eps, residual=s, out=dest) is dest
+        assert_close(dest, want, np.float32, what=f"out={target}")
+    # A float16 x with a float32 residual gives float32: out= may be the residual.
+    h, s = rand(shape, np.float16, rng), r.copy()
+    want = norm_ref(op, h, p, s, eps)
+    assert norm(op, h, p, eps=eps, residual=s, out=s) is s
+    assert_close(s, want, np.float32, what="out=residual, mixed")
+
+
+def test_residual_cost_counts_its_bytes():
+    x = Meta((4, 8), np.dtype(np.float16))
+    r = Meta((4, 8), np.dtype(np.float32))
+    out = Meta((4, 8), np.dtype(np.float32))
+    g = Meta((8,), np.dtype(np.float32))
+    base_flops, base_bytes = get_op("layernorm").cost(x, g, None, None, out=out, eps=1e-5)
+    flops, moved = get_op("layernorm").cost(x, g, None, r, out=out, eps=1e-5)
+    assert moved == base_bytes + r.nbytes and flops == base_flops + x.size
+    flops, moved = get_op("rmsnorm").cost(x, g, r, out=out, eps=1e-5)
+    assert moved == x.nbytes + g.nbytes + r.nbytes + out.nbytes and flops > 0
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -179,6 +273,26 @@ def test_errors(op):
         f(x, out=np.empty((3, 4), np.float64))
 
 
+@pytest.mark.parametrize("op", ["layernorm", "rmsnorm"])
+def test_residual_errors(op):
+    f = getattr(tsol, op)
+    x = np.ones((3, 4), np.float32)
+    for bad in ((3, 5), (4,), (1, 4), (3, 4, 1), ()):
+        with raises(tsol.ShapeError, op) as e:
+            f(x, residual=np.ones(bad, np.float32))
+        msg = str(e.value)
+        assert f"residual has shape {bad}" in msg and "x has shape (3, 4)" in msg, msg
+        assert "Fix: pass a residual of shape (3, 4)" in msg, msg
+    with raises(tsol.ShapeError, op):
+        f(x, residual=2.0)
+    with raises(tsol.DTypeError, op):
+        f(x, residual=np.ones((3, 4), np.int32))
+    with raises(tsol.ArgumentError, op):
+        f(x, residual=[[1.0] * 4] * 3)
+    with raises(tsol.DTypeError, op):
+        f(x, residual=np.ones((3, 4), np.float64), out=np.empty((3, 4), np.float32))
+
+
 def test_layernorm_beta_errors():
     x = np.ones((3, 4), np.float32)
     with raises(tsol.ShapeError, "layernorm") as e:
@@ -193,28 +307,40 @@ def test_layernorm_beta_errors():
 @pytest.mark.parametrize("shape", [(5,), (2, 3, 5)], ids=shape_id)
 def test_layernorm_vjp(shape, rng):
     opdef = get_op("layernorm")
-    x, g, b = rng.standard_normal(shape), rng.standard_normal(shape[-1:]), \
-        rng.standard_normal(shape[-1:])
+    x, g, b, r = rng.standard_normal(shape), rng.standard_normal(shape[-1:]), \
+        rng.standard_normal(shape[-1:]), rng.standard_normal(shape)
 
-    def fn(x, g, b):
-        return tsol.layernorm(x, g, b, eps=0.1)
+    def fn(x, g, b, r=None):
+        return tsol.layernorm(x, g, b, eps=0.1, residual=r)
 
-    def vjp(ct, x, g, b):
-        return opdef.vjp(ct, x, g, b, out=fn(x, g, b), eps=0.1)
+    def vjp(ct, x, g, b, r=None):
+        return opdef.vjp(ct, x, g, b, r, out=fn(x, g, b, r), eps=0.1)[:3 if r is None else 4]
 
     check_vjp(fn, [x, g, b], vjp)
+    check_vjp(fn, [x, g, b, r], vjp)
+    grads = vjp(rng.standard_normal(shape), x, g, b, r)
+    np.testing.assert_array_equal(np.asarray(grads[3]), np.asarray(grads[0]))
     check_vjp(lambda x: tsol.layernorm(x, eps=0.1), [x],
-              lambda ct, x: opdef.vjp(ct, x, None, None, out=None, eps=0.1)[:1])
+              lambda ct, x: opdef.vjp(ct, x, None, None, None, out=None, eps=0.1)[:1])
+    check_vjp(lambda x, r: tsol.layernorm(x, eps=0.1, residual=r), [x, r],
+              lambda ct, x, r: opdef.vjp(ct, x, None, None, r, out=None, eps=0.1)[::3])
 
 
 @pytest.mark.parametrize("shape", [(5,), (2, 3, 5)], ids=shape_id)
 def test_rmsnorm_vjp(shape, rng):
     opdef = get_op("rmsnorm")
-    x, g = rng.standard_normal(shape), rng.standard_normal(shape[-1:])
+    x, g, r = rng.standard_normal(shape), rng.standard_normal(shape[-1:]), \
+        rng.standard_normal(shape)
 
-    def fn(x, g):
-        return tsol.rmsnorm(x, g, eps=0.1)
+    def fn(x, g, r=None):
+        return tsol.rmsnorm(x, g, eps=0.1, residual=r)
 
-    check_vjp(fn, [x, g], lambda ct, x, g: opdef.vjp(ct, x, g, out=fn(x, g), eps=0.1))
+    def vjp(ct, x, g, r=None):
+        return opdef.vjp(ct, x, g, r, out=fn(x, g, r), eps=0.1)[:2 if r is None else 3]
+
+    check_vjp(fn, [x, g], vjp)
+    check_vjp(fn, [x, g, r], vjp)
     check_vjp(lambda x: tsol.rmsnorm(x, eps=0.1), [x],
-              lambda ct, x: opdef.vjp(ct, x, None, out=None, eps=0.1)[:1])
+              lambda ct, x: opdef.vjp(ct, x, None, None, out=None, eps=0.1)[:1])
+    check_vjp(lambda x, r: tsol.rmsnorm(x, eps=0.1, residual=r), [x, r],
+              lambda ct, x, r: opdef.vjp(ct, x, None, r, out=None, eps=0.1)[::2])

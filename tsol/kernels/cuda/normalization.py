@@ -1,8 +1,11 @@
 """CUDA kernels for layernorm and rmsnorm over the last axis, generated per storage dtypes and tile.
 
 The input is viewed as C-contiguous ``(rows, n)`` (a copy first when it is not C-contiguous);
-statistics are computed in float32 (float64 for float64 input), ``gamma``/``beta`` are read in
-their own dtypes (any float dtype, any stride) and converted to the compute type per element.
+statistics are computed in float32 (float64 for a float64 result), ``gamma``/``beta`` are read
+in their own dtypes (any float dtype, any stride) and converted to the compute type per element.
+An optional ``residual`` of ``x``'s shape is read in its own dtype with the same index as ``x``
+and added to it in the compute type as each element is loaded (``_load``); the result has the
+promoted dtype of the two.
 
 - the register path (one read and one write) when ``n <= K * T``, ``K <= kmax`` and the ``K``
   values fit a ``B``-thread block's share of the register file (``_row_tile``): groups of ``T``
@@ -17,20 +20,22 @@ their own dtypes (any float dtype, any stride) and converted to the compute type
 - longer rows: Welford (count, mean, M2) states of each row from the reduction kernels
   (``reduction.run("var", ...)``, split into segments over several blocks when rows are few),
   then a streaming kernel (a block per row segment) writes the result: two reads, one write.
-  RMSnorm's mean square is ``M2 / n + mean**2`` (two non-negative terms).
+  RMSnorm's mean square is ``M2 / n + mean**2`` (two non-negative terms). With a residual,
+  this path first sums ``x + residual`` into a compute-dtype scratch (``_sum_kernel``: the
+  statistics kernels of ``reduction.run`` read one operand) and both passes read that.
 
 Trees have fixed shapes, so results are bitwise repeatable. ``out`` may be ``x`` itself: every
-element is read before the same thread writes it.
+element is read before the same thread writes it; so may ``residual``.
 
 The launches of a call (the statistics' scratch buffers included) are recorded per layout
-(shapes, strides, dtypes, eps, config, in place or not) and replayed by later calls with
-their own pointers (``replay``); a non-C-contiguous ``x`` is copied first, so those calls keep
-planning.
+(shapes, strides, dtypes, eps, config, which input ``out`` is, if any) and replayed by later
+calls with their own pointers (``replay``): the residual's relocate like ``x``'s. A
+non-C-contiguous ``x`` or residual is copied first, so those calls keep planning.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
@@ -74,35 +79,58 @@ def _tag(dt: np.dtype | None) -> str:
     return "bf16" if dt == dtypes.bfloat16 else np.dtype(dt).name
 
 
-def _affine(v: str, j: str, gdt: np.dtype | None, bdt: np.dtype | None) -> str:
-    """``v`` scaled by ``gamma[j]`` and shifted by ``beta[j]`` (those present)."""
-    if gdt is not None:
-        v = f"{v} * {red.load_expr(f'g[{j}]', gdt == dtypes.bfloat16)}"
-    if bdt is not None:
-        v = f"{v} + {red.load_expr(f'b[{j}]', bdt == dtypes.bfloat16)}"
+class _Dtypes(NamedTuple):
+    """The dtypes of a call's operands (None: absent) and of its result."""
+
+    x: np.dtype
+    residual: np.dtype | None
+    gamma: np.dtype | None
+    beta: np.dtype | None
+    out: np.dtype
+
+    def key(self) -> tuple[str, ...]:
+        return tuple(_tag(d) for d in self)
+
+    def name(self) -> str:
+        return "_".join(f"{p}{_tag(d)}" for p, d in zip("xrgbo", self))
+
+
+def _load(j: str, dts: _Dtypes) -> str:
+    """Element ``j`` of the row in the compute type: ``x[j]``, plus ``r[j]`` with a residual."""
+    v = red.load_expr(f"x[{j}]", dts.x == dtypes.bfloat16)
+    if dts.residual is not None:
+        v = f"{v} + {red.load_expr(f'r[{j}]', dts.residual == dtypes.bfloat16)}"
     return v
 
 
-def _params(gdt: np.dtype | None, bdt: np.dtype | None) -> str:
-    return "".join(f"{p}, " for p, d in (("g", gdt), ("b", bdt)) if d is not None)
+def _affine(v: str, j: str, dts: _Dtypes) -> str:
+    """``v`` scaled by ``gamma[j]`` and shifted by ``beta[j]`` (those present)."""
+    if dts.gamma is not None:
+        v = f"{v} * {red.load_expr(f'g[{j}]', dts.gamma == dtypes.bfloat16)}"
+    if dts.beta is not None:
+        v = f"{v} + {red.load_expr(f'b[{j}]', dts.beta == dtypes.bfloat16)}"
+    return v
 
 
-def _row_kernel(dt: np.dtype, gdt: np.dtype | None, bdt: np.dtype | None, acc: np.dtype,
-                rms: bool, T: int, B: int, K: int) -> gpu.Kernel:
+def _params(dts: _Dtypes) -> str:
+    """The array parameters ahead of ``out``: x, then those of the present operands."""
+    present = (("r", dts.residual), ("g", dts.gamma), ("b", dts.beta))
+    return "x, " + "".join(f"{p}, " for p, d in present if d is not None)
+
+
+def _row_kernel(dts: _Dtypes, acc: np.dtype, rms: bool, T: int, B: int, K: int) -> gpu.Kernel:
     """Rows held in registers: K elements a thread, T threads a row, B // T rows a block."""
-    key = ("row", dt.str, _tag(gdt), _tag(bdt), acc.str, rms, T, B, K)
+    key = ("row", dts.key(), acc.str, rms, T, B, K)
     if key in _kernels:
         return _kernels[key]
-    bf16 = dt == dtypes.bfloat16
-    name = (f"{'rms' if rms else 'layer'}norm_row_{_tag(dt)}_g{_tag(gdt)}_b{_tag(bdt)}"
-            f"_t{T}_b{B}_k{K}")
+    name = f"{'rms' if rms else 'layer'}norm_row_{dts.name()}_t{T}_b{B}_k{K}"
     accs = [np.dtype(acc)]
     body = ["tid = gpu.threadIdx.x", "lane = tid & 31", "warp = tid >> 5",
             f"t = tid & {T - 1}", f"row = gpu.blockIdx.x * {B // T} + (tid >> {red.log2(T)})",
             "m = n if row < rows else 0", "base = row * n"]
     for k in range(K):
         body += [f"j{k} = t + {k * T}", f"v{k} = A(0)", f"if j{k} < m:",
-                 f"    v{k} = {red.load_expr(f'x[base + j{k}]', bf16)}"]
+                 f"    v{k} = {_load(f'base + j{k}', dts)}"]
     if rms:
         alloc, tree = red.rows_reduce(["s2"], accs, "merge_sum", T, B, "a")
         body += alloc + ["s2 = A(0)"] + [f"s2 += v{k} * v{k}" for k in range(K)] + tree
@@ -122,8 +150,8 @@ def _row_kernel(dt: np.dtype, gdt: np.dtype | None, bdt: np.dtype | None, acc: n
         value = "((v{k} - hi) - lo) * rstd"
     for k in range(K):
         body += [f"if j{k} < m:", f"    out[base + j{k}] = "
-                 f"{red.store_expr(_affine(value.format(k=k), f'j{k}', gdt, bdt), dt)}"]
-    params = f"x, {_params(gdt, bdt)}out, rows, n, eps"
+                 f"{red.store_expr(_affine(value.format(k=k), f'j{k}', dts), dts.out)}"]
+    params = f"{_params(dts)}out, rows, n, eps"
     source = _FUNCS + f"\n\ndef {name}({params}):\n" + red.indent(body, 4) + "\n"
     k = _kernels[key] = red.build(name, source, red.namespace(acc), __name__)
     # B threads of more registers each than the register file holds would not launch at all
@@ -133,17 +161,14 @@ def _row_kernel(dt: np.dtype, gdt: np.dtype | None, bdt: np.dtype | None, acc: n
     return k
 
 
-def _apply_kernel(dt: np.dtype, gdt: np.dtype | None, bdt: np.dtype | None, acc: np.dtype,
-                  rms: bool, B: int, U: int) -> gpu.Kernel:
+def _apply_kernel(dts: _Dtypes, acc: np.dtype, rms: bool, B: int, U: int) -> gpu.Kernel:
     """The result from per-row Welford (mean, M2) states: a block per segment of ``seg``
     elements of a row (``blockIdx.x`` the row, ``blockIdx.y`` the segment), U loads in flight
     a thread."""
-    key = ("apply", dt.str, _tag(gdt), _tag(bdt), acc.str, rms, B, U)
+    key = ("apply", dts.key(), acc.str, rms, B, U)
     if key in _kernels:
         return _kernels[key]
-    bf16 = dt == dtypes.bfloat16
-    name = (f"{'rms' if rms else 'layer'}norm_apply_{_tag(dt)}_g{_tag(gdt)}_b{_tag(bdt)}"
-            f"_b{B}_u{U}")
+    name = f"{'rms' if rms else 'layer'}norm_apply_{dts.name()}_b{B}_u{U}"
     if rms:
         stats = ["mu = mean[row]", "rstd = inv_std(m2[row] / A(n) + mu * mu, eps)"]
         value = "v{u} * rstd"
@@ -153,18 +178,18 @@ def _apply_kernel(dt: np.dtype, gdt: np.dtype | None, bdt: np.dtype | None, acc:
 
     def step(u: str, j: str) -> list[str]:
         return [f"out[base + {j}] = "
-                f"{red.store_expr(_affine(value.format(u=u), j, gdt, bdt), dt)}"]
+                f"{red.store_expr(_affine(value.format(u=u), j, dts), dts.out)}"]
 
     body = ["tid = gpu.threadIdx.x", "row = gpu.blockIdx.x", *stats, "base = row * n",
             "lo = gpu.blockIdx.y * seg", "hi = min(lo + seg, n)", "j = lo + tid",
             f"while j < hi - {(U - 1) * B}:"]
-    body += [f"    v{u} = {red.load_expr(f'x[base + j + {u * B}]', bf16)}" for u in range(U)]
+    body += [f"    v{u} = {_load(f'base + j + {u * B}', dts)}" for u in range(U)]
     for u in range(U):
         body += ["    " + s for s in step(str(u), f"j + {u * B}")]
     body += [f"    j += {U * B}", "while j < hi:",
-             f"    v = {red.load_expr('x[base + j]', bf16)}", *("    " + s for s in step("", "j")),
+             f"    v = {_load('base + j', dts)}", *("    " + s for s in step("", "j")),
              f"    j += {B}"]
-    params = f"x, mean, m2, {_params(gdt, bdt)}out, n, eps, seg"
+    params = f"{_params(dts)}mean, m2, out, n, eps, seg"
     source = _FUNCS + f"\n\ndef {name}({params}):\n" + red.indent(body, 4) + "\n"
     k = _kernels[key] = red.build(name, source, red.namespace(acc), __name__)
     return k
@@ -183,64 +208,95 @@ def _row_tile(n: int, config: Config, acc: np.dtype, rms: bool) -> tuple[int, in
     return T, B, K
 
 
+def _sum_kernel(dts: _Dtypes, acc: np.dtype, B: int) -> gpu.Kernel:
+    """``s = x + r`` in ``acc`` over flat arrays (grid-stride): the long-row path's input when
+    a residual is given."""
+    key = ("sum", dts.x.str, _tag(dts.residual), acc.str, B)
+    if key in _kernels:
+        return _kernels[key]
+    name = f"norm_residual_sum_x{_tag(dts.x)}_r{_tag(dts.residual)}_b{B}"
+    body = [f"i = gpu.blockIdx.x * {B} + gpu.threadIdx.x", f"step = gpu.gridDim.x * {B}",
+            "while i < size:", f"    s[i] = {_load('i', dts)}", "    i += step"]
+    source = f"def {name}(x, r, s, size):\n" + red.indent(body, 4) + "\n"
+    k = _kernels[key] = red.build(name, source, red.namespace(acc), __name__)
+    return k
+
+
 def _dt(a: Any) -> np.dtype | None:
     return None if a is None else np.dtype(a.dtype)
 
 
 def _layout(a: Any) -> Any:
-    return None if a is None else (a.dtype, a.strides)
+    return None if a is None else (a.shape, a.dtype, a.strides)
 
 
 _replays = replay.Replays()
 """Recorded launches per call layout: later calls of a layout skip planning (``replay``)."""
 
 
-def _run(x: Any, gamma: Any, beta: Any, out: Any, eps: float, rms: bool,
+def _run(x: Any, residual: Any, gamma: Any, beta: Any, out: Any, eps: float, rms: bool,
          config: Config) -> None:
     if x.size == 0:
         return
-    # An out= that aliases x is identical to it (the out= contract): its pointers relocate by x.
-    in_place = replay.data_ptr(out) == replay.data_ptr(x)
-    key = (rms, x.shape, x.strides, x.dtype, _layout(gamma), _layout(beta), out.dtype,
-           in_place, eps, config)
-    arrays = [a for a in (x, gamma, beta, None if in_place else out) if a is not None]
-    _replays.run(key, arrays, lambda: _run_planned(x, gamma, beta, out, eps, rms, config))
+    # An out= that aliases x (or the residual) is identical to it (the out= contract): its
+    # pointers relocate by that input, which the key names.
+    inputs = (x, residual)
+    alias = next((i for i, a in enumerate(inputs)
+                  if a is not None and replay.data_ptr(a) == replay.data_ptr(out)), None)
+    key = (rms, _layout(x), _layout(residual), _layout(gamma), _layout(beta), out.dtype,
+           alias, eps, config)
+    arrays = [a for a in (x, residual, gamma, beta, None if alias is not None else out)
+              if a is not None]
+    _replays.run(key, arrays,
+                 lambda: _run_planned(x, residual, gamma, beta, out, eps, rms, config))
 
 
-def _run_planned(x: Any, gamma: Any, beta: Any, out: Any, eps: float, rms: bool,
-                 config: Config) -> None:
-    xp = gpu.array_module()
-    if not x.flags.c_contiguous:
-        x = xp.ascontiguousarray(x)
+def _rows_view(a: Any) -> Any:
+    """The flat C-order storage the kernels read (a copy first when not C-contiguous)."""
+    if not a.flags.c_contiguous:
+        a = gpu.array_module().ascontiguousarray(a)
+    return gpu.kernel_view(a).reshape(-1)
+
+
+def _run_planned(x: Any, residual: Any, gamma: Any, beta: Any, out: Any, eps: float,
+                 rms: bool, config: Config) -> None:
     n = x.shape[-1]
     rows = x.size // n
-    dt, gdt, bdt = np.dtype(x.dtype), _dt(gamma), _dt(beta)
-    acc = np.dtype(np.float64 if dt == dtypes.float64 else np.float32)
-    xs, os_ = gpu.kernel_view(x).reshape(-1), gpu.kernel_view(out).reshape(-1)
+    dts = _Dtypes(np.dtype(x.dtype), _dt(residual), _dt(gamma), _dt(beta), np.dtype(out.dtype))
+    acc = np.dtype(np.float64 if dts.out == dtypes.float64 else np.float32)
+    xs, os_ = _rows_view(x), gpu.kernel_view(out).reshape(-1)
+    ins = [xs] + ([] if residual is None else [_rows_view(residual)])
     params = [gpu.kernel_view(p) for p in (gamma, beta) if p is not None]
     tile = _row_tile(n, config, acc, rms)
     if tile is not None:
         T, B, K = tile
-        gpu.launch(_row_kernel(dt, gdt, bdt, acc, rms, T, B, K), -(-rows // (B // T)), B,
-                   [xs, *params, os_, rows, n, float(eps)])
+        gpu.launch(_row_kernel(dts, acc, rms, T, B, K), -(-rows // (B // T)), B,
+                   [*ins, *params, os_, rows, n, float(eps)])
         return
+    B = config.block
+    if residual is not None:
+        # The statistics kernels read one operand: give them x + residual, summed once.
+        xs = replay.scratch(x.size, acc)
+        grid = max(1, min(-(-x.size // B), red.sms() * max(1, 2048 // B) * 4))
+        gpu.launch(_sum_kernel(dts, acc, B), grid, B, [*ins, xs, x.size])
+        dts = dts._replace(x=acc, residual=None)
+        ins = [xs]
     # Long rows: Welford states per row (segments over several blocks when rows are few),
     # then one streaming pass.
     _, mean, m2 = red.run("var", xs, rows, n, 1, acc,
                           Config(block=config.block, work=16, split=config.split),
-                          bf16=dt == dtypes.bfloat16)
-    B = config.block
+                          bf16=dts.x == dtypes.bfloat16)
     U = red.unroll(xs.dtype.itemsize)
     target = red.sms() * max(1, 2048 // B) * 2
     S = max(1, min(-(-target // rows), -(-n // (B * 4 * U)), 65535))
     seg = -(-n // S)
     S = -(-n // seg)
-    gpu.launch(_apply_kernel(dt, gdt, bdt, acc, rms, B, U), (rows, S), B,
-               [xs, mean, m2, *params, os_, n, float(eps), seg])
+    gpu.launch(_apply_kernel(dts, acc, rms, B, U), (rows, S), B,
+               [*ins, *params, mean, m2, os_, n, float(eps), seg])
 
 
 def _supports(metas: Sequence[Any], attrs: dict[str, Any]) -> bool:
-    # gamma/beta may be absent (None); the op's meta rule has checked their shapes and dtypes.
+    # gamma/beta/residual may be absent (None); the op's meta rule has checked their shapes.
     return metas[0].dtype in dtypes.FLOATS and all(
         m is None or m.dtype in dtypes.FLOATS for m in metas[1:])
 
@@ -262,16 +318,19 @@ def _heuristic(metas: Sequence[Any], attrs: dict[str, Any]) -> Config:
 
 
 @kernel("layernorm", backend="cuda", configs=CONFIGS, supports=_supports, heuristic=_heuristic)
-def layernorm_cuda(x: Any, gamma: Any, beta: Any, *, out: Any, config: Config,
+def layernorm_cuda(x: Any, gamma: Any, beta: Any, residual: Any, *, out: Any, config: Config,
                    eps: float) -> None:
-    """Layernorm over the last axis; statistics in float32 (float64 for float64 input)."""
-    _run(x, gamma, beta, out, eps, False, config)
+    """Layernorm of ``x`` (+ ``residual``) over the last axis; statistics in float32 (float64
+    for a float64 result)."""
+    _run(x, residual, gamma, beta, out, eps, False, config)
 
 
 @kernel("rmsnorm", backend="cuda", configs=CONFIGS, supports=_supports, heuristic=_heuristic)
-def rmsnorm_cuda(x: Any, gamma: Any, *, out: Any, config: Config, eps: float) -> None:
-    """RMSnorm over the last axis; statistics in float32 (float64 for float64 input)."""
-    _run(x, gamma, None, out, eps, True, config)
+def rmsnorm_cuda(x: Any, gamma: Any, residual: Any, *, out: Any, config: Config,
+                 eps: float) -> None:
+    """RMSnorm of ``x`` (+ ``residual``) over the last axis; statistics in float32 (float64
+    for a float64 result)."""
+    _run(x, residual, gamma, None, out, eps, True, config)
 
 
 __all__ = ["CONFIGS", "KMAX"]
