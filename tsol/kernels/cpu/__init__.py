@@ -3,6 +3,7 @@
 from tsol.kernels.cpu import (  # noqa: F401
                               attention,
                               elementwise,
+                              fused,
                               layout,
                               linalg,
                               loss,

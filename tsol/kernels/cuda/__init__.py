@@ -4,7 +4,7 @@ registers them."""
 import importlib
 
 FAMILIES = ("elementwise", "reduction", "softmax", "normalization", "layout", "random", "linalg",
-            "attention", "loss")
+            "attention", "loss", "fused")
 
 for _family in FAMILIES:
     importlib.import_module(f"tsol.kernels.cuda.{_family}")

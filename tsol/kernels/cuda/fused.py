@@ -1,0 +1,260 @@
+"""CUDA kernel of fused_elementwise: one generated grid-stride kernel per program, dtypes and
+layout mode.
+
+The scalar bodies, loads and stores are the elementwise engine's (``elementwise.BODIES``,
+``_load``, ``_store``, ``fmax``/``fmin``/``ipow``/``fpow``): each step's body gets its compute
+class's constructor for ``F`` (``F_f32``...), so float32, float64 and integer steps mix in one
+kernel, and its ``x0, x1, x2`` are replaced by the step's argument values converted to that
+class. Integer and bool steps are converted exactly to their dtype with the engine's store
+rule; float steps stay in their compute type until the final store.
+
+Layout modes, as the engine's: ``flat`` when every operand is C-contiguous with the output's
+shape or a single element (loaded once a thread, with the steps that read only such operands),
+with an UNROLL-way main loop issuing every load before any store; ``strided`` otherwise, every
+operand broadcast to the output's shape and merged to at most four dims (a dense copy first
+when more remain).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from typing import Any, Sequence
+
+import numpy as np
+
+from tsol.errors import ArgumentError, TSOLError, op_error
+from tsol.kernels.cuda import gpu
+from tsol.kernels.cuda.elementwise import (
+    _F,
+    BODIES,
+    CONFIGS,
+    GRID_CAP,
+    INT,
+    UINT,
+    UNROLL,
+    _load,
+    _store,
+    compute_class,
+    fmax,
+    fmin,
+    fpow,
+    ipow,
+)
+from tsol.kernels.cuda.layout_util import merged_dims, strided_view
+from tsol.ops.fused import (
+    Program,
+    ProgramPlan,
+    StepPlan,
+    arg_source,
+    invariant_steps,
+    plan_program,
+    used_inputs,
+)
+from tsol.registry import Config, kernel
+
+
+def _bind(expr: str, cls: str) -> str:
+    return re.sub(r"(?<![\w.])F\(", f"F_{cls}(", expr)
+
+
+def step_source(s: StepPlan, plan: ProgramPlan) -> str:
+    """The value of step ``s`` in the class that holds it, as one expression."""
+    cls = compute_class(s.runs_in)
+    _, expr = BODIES[s.body]
+    if s.body == "power":
+        expr = expr.replace("pow_", "ipow" if cls in (INT, UINT) else "fpow")
+    args = [arg_source(plan, s, k, compute_class) for k in range(len(s.args))]
+    expr = re.sub(r"\bx(\d)\b", lambda m: f"({args[int(m.group(1))]})", _bind(expr, cls))
+    hold = compute_class(s.holds_in)
+    if s.dtype.kind not in "biu":
+        return f"F_{hold}({expr})"
+    return f"F_{hold}({_store(expr, s.dtype)})"      # exactly what the unfused op stores
+
+
+TEMPLATE = '''
+def {name}({params}out):
+    i = gpu.grid(1)
+    step = gpu.gridsize(1)
+    n = out.size
+{setup}
+{unrolled}
+    while i < n:
+{index}
+{body}
+        out[{oidx}] = {store}
+        i += step
+'''
+
+UNROLLED = '''
+    while i + {last} * step < n:
+{body}
+        i += {count} * step
+'''
+
+
+def _unrolled(body: list[str], store: str, names: set[str]) -> str:
+    """The flat kernel's UNROLL-way main loop: element u of a trip is at i + u * step, and
+    every element's loads come before the first store. ``names``: the per-element values."""
+    lines = [f"        k{u} = i + {u} * step" for u in range(UNROLL)]
+
+    def rename(line: str, u: int) -> str:
+        return re.sub(r"\b([vy]\d+)\b", lambda m: m.group(1) + (f"_{u}" if m.group(1) in names
+                                                                 else ""),
+                      line.replace("[i]", f"[k{u}]"))
+    for u in range(UNROLL):
+        lines += [rename(line, u) for line in body]
+    lines += [f"        out[k{u}] = " + rename(store, u) for u in range(UNROLL)]
+    return UNROLLED.format(last=UNROLL - 1, count=UNROLL, body="\n".join(lines))
+
+
+def source(plan: ProgramPlan, name: str, in_dts: Sequence[np.dtype], out_dt: np.dtype,
+           modes: Sequence[str]) -> str:
+    """The kernel's source for operands ``used_inputs(plan)`` in ``modes``."""
+    used = used_inputs(plan)
+    strided = "strided" in modes
+    fixed, loads, hoisted = set(), [], []
+    for i, dt, mode in zip(used, in_dts, modes, strict=True):
+        idx = {"flat": "i", "scalar": "0", "strided": "i0, i1, i2, i3"}[mode]
+        line = f"v{i} = " + _bind(_load(i, dt, idx), compute_class(dt))
+        if mode == "scalar":
+            fixed.add(i)
+            hoisted.append(line)
+        else:
+            loads.append(line)
+    steps = []
+    invariant = invariant_steps(plan, fixed)
+    for j in plan.live:
+        line = f"y{j} = {step_source(plan.steps[j], plan)}"
+        (hoisted if j in invariant else steps).append(line)
+    store = _store(f"y{plan.output}", out_dt)
+    body = ["        " + line for line in loads + steps]
+    setup = ["    " + line for line in hoisted]
+    if strided:
+        setup.append("    d1, d2, d3 = out.shape[1], out.shape[2], out.shape[3]")
+        index = ("        i3 = i % d3\n        t = i // d3\n        i2 = t % d2\n"
+                 "        t = t // d2\n        i1 = t % d1\n        i0 = t // d1")
+        oidx, unrolled = "i0, i1, i2, i3", ""
+    else:
+        names = {line.split(" = ", 1)[0] for line in loads + steps}
+        index, oidx, unrolled = "", "i", _unrolled(body, store, names)
+    params = "".join(f"a{i}, " for i in used)
+    return TEMPLATE.format(name=name, params=params, setup="\n".join(setup), index=index,
+                           body="\n".join(body), oidx=oidx, store=store, unrolled=unrolled)
+
+
+GENERATED: dict[tuple[Any, ...], gpu.Kernel] = {}
+"""Generated kernels by (program, operand dtypes, output dtype, layout modes)."""
+
+_NAMESPACE = {"gpu": gpu, "np": np, "math": math, "fmax": fmax, "fmin": fmin, "ipow": ipow,
+              "fpow": fpow, **{f"F_{cls}": getattr(np, t.split(".")[1]) for cls, t in _F.items()}}
+
+
+def _kernel_for(program: Program, plan: ProgramPlan, in_dts: Sequence[np.dtype],
+                out_dt: np.dtype, modes: tuple[str, ...]) -> gpu.Kernel:
+    key = (repr(program), tuple(d.name for d in plan.in_dtypes), out_dt.name, modes)
+    k = GENERATED.get(key)
+    if k is not None:
+        return k
+    text = source(plan, "KERNEL", in_dts, out_dt, modes)
+    # The name carries a hash of the source: it keys the on-disk cubin cache.
+    name = "fused_" + hashlib.sha256(text.encode()).hexdigest()[:16]
+    text = text.replace("KERNEL", name, 1)
+    namespace = dict(_NAMESPACE)
+    header = "\n".join("# " + line for line in str(program).splitlines())
+    exec(compile(header + text, f"<tsol.kernels.cuda.fused:{name}>", "exec"), namespace)
+    fn = namespace[name]
+    fn.__module__ = __name__
+    if len(GENERATED) > 1024:
+        GENERATED.clear()
+    k = GENERATED[key] = gpu.kernel(fn)
+    return k
+
+
+_prepared: dict[tuple[Any, ...], gpu.Prepared] = {}
+"""Launches by (program, block, layout of out and operands): later calls pass pointers only."""
+
+
+def _check_exponents(arrays: Sequence[Any], plan: ProgramPlan) -> None:
+    for i in plan.int_exponents:
+        if arrays[i].size and bool((arrays[i] < 0).any()):
+            raise op_error(ArgumentError, "fused_elementwise", f"operand {i} is an integer "
+                           "power's exponent and holds a negative value (not allowed, as in "
+                           "NumPy)", "cast the base to a float dtype first", list(arrays))
+
+
+def launch(arrays: Sequence[Any], out: Any, program: Program, block: int) -> None:
+    """Run ``program`` over ``arrays`` (broadcastable to ``out``) into ``out``."""
+    plan = plan_program(program, [a.dtype for a in arrays])
+    _check_exponents(arrays, plan)
+    n = out.size
+    if n == 0:
+        return
+    used = used_inputs(plan)
+    operands = [arrays[i] for i in used]
+    layout = (repr(program), block, out.shape, out.dtype, out.strides,
+              *[(a.shape, a.dtype, a.strides) for a in operands])
+    prepared = _prepared.get(layout)
+    if prepared is not None:
+        prepared([a.data.ptr for a in operands] + [out.data.ptr])
+        return
+    shape = tuple(out.shape)
+    modes = tuple("scalar" if a.size == 1 else
+                  "flat" if tuple(a.shape) == shape and a.flags.c_contiguous else "strided"
+                  for a in operands)
+    if "strided" in modes or not out.flags.c_contiguous:
+        try:
+            dims, strides = merged_dims(shape, [out] + operands, 4)
+        except ValueError:                     # > 4 unmergeable dims: run on dense copies
+            xp = gpu.array_module()
+            dense = list(arrays)
+            for i in used:
+                dense[i] = xp.ascontiguousarray(xp.broadcast_to(arrays[i], shape))
+            tmp = xp.empty(shape, out.dtype)
+            launch(dense, tmp, program, block)
+            out[...] = tmp
+            return
+        args = [strided_view(gpu.kernel_view(a), dims, st)
+                for a, st in zip(operands, strides[1:])]
+        target = strided_view(gpu.kernel_view(out), dims, strides[0])
+        modes = tuple("strided" for _ in operands)
+    else:
+        args = [gpu.kernel_view(a).reshape(-1) for a in operands]
+        target = gpu.kernel_view(out).reshape(-1)
+    kern = _kernel_for(program, plan, [np.dtype(a.dtype) for a in operands],
+                       np.dtype(out.dtype), modes)
+    strided = "strided" in modes or not out.flags.c_contiguous
+    grid = min(gpu.cdiv(n, block * (1 if strided else UNROLL)), GRID_CAP)
+    prepared = gpu.prepare(kern, grid, block, args + [target])
+    if prepared is None:
+        gpu.launch(kern, grid, block, args + [target])
+        return
+    if len(_prepared) > 4096:
+        _prepared.clear()
+    _prepared[layout] = prepared
+    prepared([a.data.ptr for a in operands] + [out.data.ptr])
+
+
+# --- registration ----------------------------------------------------------------------------
+
+def _supports(metas: Sequence[Any], attrs: dict[str, Any]) -> bool:
+    try:
+        plan = plan_program(attrs["program"], [m.dtype for m in metas])
+    except TSOLError:
+        return False
+    return all(plan.steps[j].body in BODIES for j in plan.live)
+
+
+def _heuristic(metas: Sequence[Any], attrs: dict[str, Any]) -> Config:
+    return CONFIGS[0]
+
+
+@kernel("fused_elementwise", backend="cuda", configs=CONFIGS, supports=_supports,
+        heuristic=_heuristic)
+def fused_elementwise_cuda(arrays: Sequence[Any], *, out: Any, config: Config,
+                           program: Program) -> None:
+    launch(arrays, out, program, config.block)
+
+
+__all__ = ["GENERATED", "launch", "source", "step_source"]
