@@ -42,6 +42,10 @@ class Settings:
     default_backend: str = "cpu"
     """Backend for ops that take no array operands (such as random generators)."""
 
+    autotune: bool = False
+    """Choose each eager op's kernel and config by measuring the legal candidates once per
+    shape bucket, with results kept under ``<cache_dir>/tune`` (``tsol.schedule.tune``)."""
+
 
 def _from_environment() -> Settings:
     cache = os.environ.get("TSOL_CACHE_DIR") or os.path.join(
@@ -53,6 +57,7 @@ def _from_environment() -> Settings:
         deterministic=_env_bool("TSOL_DETERMINISTIC", False),
         poison_outputs=_env_bool("TSOL_POISON_OUTPUTS", False),
         default_backend=os.environ.get("TSOL_DEFAULT_BACKEND", "cpu"),
+        autotune=_env_bool("TSOL_AUTOTUNE", False),
     )
 
 
