@@ -1,0 +1,100 @@
+"""Capture into Graph IR: nodes, hash-consing, constants, errors, the compile cache."""
+
+import numpy as np
+import pytest
+from tsol.schedule.capture import Tracer, trace
+from tsol.schedule.compiled import Compiled
+
+import tsol
+from tests.support import assert_close
+from tsol import op
+from tsol.ops.base import meta_of
+
+
+def test_records_nodes_with_metas_and_merges_common_subexpressions(rng):
+    x = rng.standard_normal((3, 5)).astype(np.float32)
+    g, _ = trace(lambda x: tsol.exp(x) + tsol.exp(x), [meta_of(x)])
+    ops = [n.op for n in g.live() if n.is_op]
+    assert ops == ["exp", "add"]                     # exp(x) recorded once
+    assert g.outputs[0].meta.shape == (3, 5) and g.outputs[0].meta.dtype == np.float32
+    text = g.text()
+    assert "exp(%0)" in text and "float32[3, 5]" in text
+
+
+def test_graph_key_depends_on_structure_and_metas(rng):
+    a = meta_of(np.zeros((2, 3), np.float32))
+    b = meta_of(np.zeros((2, 4), np.float32))
+    k1 = trace(lambda x: tsol.exp(x), [a])[0].key()
+    assert k1 == trace(lambda x: tsol.exp(x), [a])[0].key()
+    assert k1 != trace(lambda x: tsol.exp(x), [b])[0].key()
+    assert k1 != trace(lambda x: tsol.log(x), [a])[0].key()
+
+
+def test_operators_of_tracers_record_tsol_ops(rng):
+    x = rng.standard_normal((4, 4)).astype(np.float32)
+    f = tsol.jit(lambda x: (-(x @ x.T) / 2 + 1) ** 2 - abs(x))
+    want = (-(x.astype(np.float64) @ x.T) / 2 + 1) ** 2 - np.abs(x)
+    assert_close(f(x), want, np.float32, scale=4)
+
+
+def test_constants_from_the_enclosing_scope(rng):
+    w = rng.standard_normal(6).astype(np.float32)
+    x = rng.standard_normal((2, 6)).astype(np.float32)
+    f = tsol.jit(lambda x: tsol.multiply(x, w) + 0.5)
+    assert_close(f(x), x.astype(np.float64) * w + 0.5, np.float32)
+
+
+def test_eager_ops_without_tracers_run_inside_capture(rng):
+    w = rng.standard_normal((3, 3)).astype(np.float32)
+
+    def f(x):
+        w2 = tsol.exp(w)                               # no tracer: runs eagerly, a constant
+        assert not isinstance(w2, Tracer)
+        return x @ w2
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    assert_close(tsol.jit(f)(x), x.astype(np.float64) @ np.exp(w.astype(np.float64)),
+                 np.float32, scale=3)
+
+
+def test_compiled_once_per_signature(rng, monkeypatch):
+    calls = []
+
+    def f(x, scale):
+        calls.append(1)
+        return tsol.tanh(x) * scale
+    c = Compiled(f)
+    x = rng.standard_normal(5).astype(np.float32)
+    c(x, 2.0)
+    c(x + 1, 2.0)
+    assert len(calls) == 1                             # same shapes, dtypes, statics
+    c(x, 3.0)
+    c(x.astype(np.float64), 2.0)
+    c(np.zeros(7, np.float32), 2.0)
+    assert len(calls) == 4
+    assert_close(c(x, 3.0), np.tanh(x.astype(np.float64)) * 3.0, np.float32)
+
+
+def test_errors_name_the_problem(rng):
+    x = rng.standard_normal(3).astype(np.float32)
+    with pytest.raises(tsol.ArgumentError, match="truth value"):
+        tsol.jit(lambda x: x if x > 0 else -x)(x)
+    with pytest.raises(tsol.ArgumentError, match="NumPy"):
+        tsol.jit(lambda x: np.sin(np.asarray(x)))(x)
+    with pytest.raises(tsol.ArgumentError, match="out="):
+        tsol.jit(lambda x: tsol.exp(x, out=np.empty(3, np.float32)))(x)
+    with pytest.raises(tsol.ShapeError):                 # the op's own meta rule, at capture
+        tsol.jit(lambda x: op.matmul(x, x))(np.zeros((2, 3), np.float32))
+    with pytest.raises(tsol.ArgumentError, match="neither an array nor hashable"):
+        tsol.jit(lambda x, d: x)(x, {"a": 1})
+    with pytest.raises(tsol.ArgumentError, match="not been called"):
+        tsol.jit(lambda x: x).explain()
+    with pytest.raises(tsol.TSOLError, match="returned a"):
+        tsol.jit(lambda x: "nope")(x)
+
+
+def test_tuple_outputs_and_passthrough(rng):
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    a, b, c = tsol.jit(lambda x: (tsol.exp(x), x, tsol.sum(x, axis=-1)))(x)
+    assert_close(a, np.exp(x.astype(np.float64)), np.float32)
+    assert b is x
+    assert_close(c, x.astype(np.float64).sum(-1), np.float32, scale=3)
