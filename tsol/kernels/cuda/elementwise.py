@@ -90,7 +90,7 @@ def compute_class(dt: Any) -> str:
 _F = {F32: "np.float32", F64: "np.float64", INT: "np.int64", UINT: "np.uint64"}
 
 TEMPLATE = '''
-def {name}({params}, out):
+def {name}({params}out):
     i = gpu.grid(1)
     step = gpu.gridsize(1)
     n = out.size
@@ -98,7 +98,7 @@ def {name}({params}, out):
 {unrolled}
     while i < n:
 {index}
-{loads}
+{body}
         out[{oidx}] = {store}
         i += step
 '''
@@ -160,7 +160,7 @@ def _kernel_for(op: str, cls: str, in_dts: Sequence[np.dtype], out_dt: np.dtype,
     if op == "power":
         expr = expr.replace("pow_", "ipow" if cls in (INT, UINT) else "fpow")
     strided = "strided" in modes
-    params = ", ".join(f"a{j}" for j in range(nin))
+    params = "".join(f"a{j}, " for j in range(nin))
     if strided:
         setup = "    d1, d2, d3 = out.shape[1], out.shape[2], out.shape[3]"
         index = ("        i3 = i % d3\n        t = i // d3\n        i2 = t % d2\n"
@@ -183,7 +183,7 @@ def _kernel_for(op: str, cls: str, in_dts: Sequence[np.dtype], out_dt: np.dtype,
     name = "ew_" + tag.replace("-", "m")
     unrolled = "" if strided else _unrolled(loads, expr, out_dt)
     source = TEMPLATE.format(name=name, params=params, setup=setup, index=index,
-                             loads="\n".join(loads), oidx=oidx, store=_store(expr, out_dt),
+                             body="\n".join(loads), oidx=oidx, store=_store(expr, out_dt),
                              unrolled=unrolled)
     namespace: dict[str, Any] = {"gpu": gpu, "np": np, "math": math, "F": eval(_F[cls], {"np": np}),
                                  "fmax": fmax, "fmin": fmin, "ipow": ipow, "fpow": fpow}

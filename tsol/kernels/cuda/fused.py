@@ -32,8 +32,10 @@ from tsol.kernels.cuda.elementwise import (
     CONFIGS,
     GRID_CAP,
     INT,
+    TEMPLATE,
     UINT,
     UNROLL,
+    UNROLLED,
     _load,
     _store,
     compute_class,
@@ -71,27 +73,6 @@ def step_source(s: StepPlan, plan: ProgramPlan) -> str:
     if s.dtype.kind not in "biu":
         return f"F_{hold}({expr})"
     return f"F_{hold}({_store(expr, s.dtype)})"      # exactly what the unfused op stores
-
-
-TEMPLATE = '''
-def {name}({params}out):
-    i = gpu.grid(1)
-    step = gpu.gridsize(1)
-    n = out.size
-{setup}
-{unrolled}
-    while i < n:
-{index}
-{body}
-        out[{oidx}] = {store}
-        i += step
-'''
-
-UNROLLED = '''
-    while i + {last} * step < n:
-{body}
-        i += {count} * step
-'''
 
 
 def _unrolled(body: list[str], store: str, names: set[str]) -> str:
