@@ -72,6 +72,15 @@ class Program:
     steps: tuple[Step, ...]
     output: int
 
+    @property
+    def key(self) -> str:
+        """``repr(self)``, computed once: the cache key of plans and generated kernels."""
+        try:
+            return self.__dict__["_key"]
+        except KeyError:
+            object.__setattr__(self, "_key", repr(self))
+            return self.__dict__["_key"]
+
     def __str__(self) -> str:
         lines = [f"%{j} = {s}" for j, s in enumerate(self.steps)]
         return "\n".join(lines + [f"return %{self.output}"])
@@ -297,7 +306,7 @@ def _int_exponents(steps: Sequence[StepPlan], live: Sequence[int]) -> tuple[int,
     return tuple(sorted(found))
 
 
-_plans: dict[tuple[str, tuple[str, ...]], ProgramPlan] = {}
+_plans: dict[tuple[str, tuple[np.dtype, ...]], ProgramPlan] = {}
 
 
 def plan_program(program: Program, in_dtypes: Sequence[Any]) -> ProgramPlan:
@@ -312,7 +321,7 @@ def plan_program(program: Program, in_dtypes: Sequence[Any]) -> ProgramPlan:
         raise _fail(f"program is a {type(program).__name__}, not a Program",
                     "pass program=tsol.ops.fused.Program(steps, output)")
     in_dtypes = tuple(np.dtype(d) for d in in_dtypes)
-    key = (repr(program), tuple(d.name for d in in_dtypes))
+    key = (program.key, in_dtypes)
     plan = _plans.get(key)
     if plan is not None:
         return plan

@@ -171,7 +171,7 @@ GENERATED: dict[tuple[Any, ...], ModuleType] = {}
 
 
 def _module(program: Program, plan: ProgramPlan, out_dt: np.dtype, modes: str) -> ModuleType:
-    key = (repr(program), tuple(d.name for d in plan.in_dtypes), out_dt.name, modes)
+    key = (program.key, plan.in_dtypes, out_dt, modes)
     module = GENERATED.get(key)
     if module is not None:
         return module

@@ -134,7 +134,7 @@ _NAMESPACE = {"gpu": gpu, "np": np, "math": math, "fmax": fmax, "fmin": fmin, "i
 
 def _kernel_for(program: Program, plan: ProgramPlan, in_dts: Sequence[np.dtype],
                 out_dt: np.dtype, modes: tuple[str, ...]) -> gpu.Kernel:
-    key = (repr(program), tuple(d.name for d in plan.in_dtypes), out_dt.name, modes)
+    key = (program.key, plan.in_dtypes, out_dt, modes)
     k = GENERATED.get(key)
     if k is not None:
         return k
@@ -174,7 +174,7 @@ def launch(arrays: Sequence[Any], out: Any, program: Program, block: int) -> Non
         return
     used = used_inputs(plan)
     operands = [arrays[i] for i in used]
-    layout = (repr(program), block, out.shape, out.dtype, out.strides,
+    layout = (program.key, block, out.shape, out.dtype, out.strides,
               *[(a.shape, a.dtype, a.strides) for a in operands])
     prepared = _prepared.get(layout)
     if prepared is not None:
