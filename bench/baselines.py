@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
+import tsol
 from tsol import dtypes
 
 
@@ -106,6 +109,18 @@ def _dropout(x, p, seed=0):
     return xp.where(keep, x / (1 - p), 0).astype(x.dtype)
 
 
+def _chain4(xp: Any = np) -> Callable[[Any], Any]:
+    """The pipeline case chain4, ``tanh(relu(x) * 2 + 1)``, written with ``xp``'s functions."""
+    def chain4(x):
+        return xp.tanh(xp.maximum(x, 0) * 2 + 1)
+    return chain4
+
+
+ELEMENTWISE_PIPELINES: dict[str, Callable[[Any], Callable[..., Any]]] = {"chain4": _chain4}
+"""The elementwise pipeline cases as functions of an array module (what cupy.fuse takes:
+inside a fused function only CuPy's own ufuncs trace)."""
+
+
 NUMPY: dict[str, Callable[..., Any]] = {
     "neg": np.negative, "abs": np.abs, "exp": np.exp, "log": np.log, "sqrt": np.sqrt,
     "rsqrt": lambda x: 1 / np.sqrt(x), "sin": np.sin, "cos": np.cos, "tanh": np.tanh,
@@ -120,8 +135,57 @@ NUMPY: dict[str, Callable[..., Any]] = {
     "layernorm": _layernorm, "rmsnorm": _rmsnorm, "matmul": _matmul,
     "flash_attention": _attention, "rope": _rope, "cross_entropy": _cross_entropy,
     "mse": lambda a, b: np.mean((a - b) ** 2), "dropout": _dropout,
+    "chain4": _chain4(np), "matmul_bias_gelu": lambda x, w, b: _gelu(x @ w + b),
 }
-"""NumPy's own ufunc or reduction where one exists, else the composed NumPy expression."""
+"""NumPy's own ufunc or reduction where one exists, else the composed NumPy expression (for
+the pipeline cases: the same computation eager, one NumPy call per op)."""
+
+
+def fused(name: str, cupy: Any) -> Callable[..., Any]:
+    """``cupy.fuse`` of the elementwise pipeline ``name``, its body written with ``cupy``'s
+    functions: one generated CuPy kernel. ``cupy`` is the CuPy module, or any module with
+    NumPy's functions and a ``fuse(kernel_name=...)`` decorator.
+
+    >>> import types
+    >>> fake = types.SimpleNamespace(tanh=np.tanh, maximum=np.maximum,
+    ...                              fuse=lambda kernel_name: lambda f: f)
+    >>> fused("chain4", fake)(np.zeros(2, np.float32))
+    array([0.7615942, 0.7615942], dtype=float32)
+    """
+    return cupy.fuse(kernel_name=name)(ELEMENTWISE_PIPELINES[name](cupy))
+
+
+class FusedTable(Mapping):
+    """The cupy.fuse baseline of each elementwise pipeline, built on first use (importing the
+    bench never imports CuPy) and kept: CuPy caches a fused kernel per decorated function."""
+
+    def __init__(self, load: Callable[[], Any] = lambda: importlib.import_module("cupy")):
+        self._load = load
+        self._built: dict[str, Callable[..., Any]] = {}
+
+    def __getitem__(self, name: str) -> Callable[..., Any]:
+        if name not in ELEMENTWISE_PIPELINES:
+            raise KeyError(name)
+        if name not in self._built:
+            self._built[name] = fused(name, self._load())
+        return self._built[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in ELEMENTWISE_PIPELINES
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(ELEMENTWISE_PIPELINES)
+
+    def __len__(self) -> int:
+        return len(ELEMENTWISE_PIPELINES)
+
+
+TSOL_UNFUSED: dict[str, Callable[..., Any]] = {
+    "chain4": lambda x: tsol.tanh(tsol.add(tsol.multiply(tsol.relu(x), 2), 1)),
+    "matmul_bias_gelu": lambda x, w, b: tsol.gelu(tsol.add(tsol.matmul(x, w), b)),
+}
+"""The pipeline cases as separate eager TSOL calls: one kernel and one result per op."""
+
 
 def _torch_table() -> dict[str, Callable[..., Any]]:
     """PyTorch's eager calls on CUDA tensors, when torch is installed."""
@@ -153,7 +217,9 @@ def _torch_table() -> dict[str, Callable[..., Any]]:
                 x, approximate=approximate), "sum": lambda x, axis=None: torch.sum(
                 x, axis) if axis is not None else torch.sum(x),
             "flash_attention": sdpa, "matmul": matmul,
-            "cross_entropy": lambda x, tgt: tf.cross_entropy(x, tgt)}
+            "cross_entropy": lambda x, tgt: tf.cross_entropy(x, tgt),
+            "chain4": lambda x: torch.tanh(torch.relu(x) * 2 + 1),
+            "matmul_bias_gelu": lambda x, w, b: tf.gelu(x @ w + b)}
 
 
 def _to_cupy(x: np.ndarray) -> Any:
@@ -173,11 +239,11 @@ def _to_torch(x: np.ndarray) -> Any:
 @dataclass(frozen=True)
 class Library:
     """A baseline library: its expression of each op, how a host array becomes one of its
-    arrays (what its expressions take), whether those expressions take bfloat16, and the
-    module it needs installed."""
+    arrays (what its expressions take; None: the benchmarked backend's own arrays), whether
+    those expressions take bfloat16, and the module it needs installed."""
 
-    table: dict[str, Callable[..., Any]]
-    array: Callable[[np.ndarray], Any]
+    table: Mapping[str, Callable[..., Any]]
+    array: Callable[[np.ndarray], Any] | None
     bfloat16: bool = True
     module: str = "numpy"
 
@@ -191,6 +257,8 @@ LIBRARIES: dict[str, Library] = {
     # its baselines of bfloat16 cases run in float16.
     "cupy": Library(NUMPY, _to_cupy, bfloat16=False, module="cupy"),
     "torch": Library(_torch_table(), _to_torch, module="torch"),
+    "cupy.fuse": Library(FusedTable(), _to_cupy, bfloat16=False, module="cupy"),
+    "tsol unfused": Library(TSOL_UNFUSED, None, module="tsol"),
 }
 """The baselines by library name. The cupy baseline is the NumPy expression on CuPy arrays
 (NumPy dispatches to CuPy)."""

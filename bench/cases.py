@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
+import tsol
 from tsol import dtypes
+from tsol import op as tsol_op
+from tsol.registry import get_op
 
 M16 = 1 << 24
 SQUARE = (4096, 4096)
@@ -28,12 +31,21 @@ class Case:
     keywords: tuple[str, ...] = ()
     """Names under which the recipe's trailing arrays are passed (matmul's ``bias=``)."""
     baselines: tuple[str, ...] = ("numpy",)
+    """Baseline libraries on the cpu backend (``LIBRARIES`` names), the first that runs in the
+    case's dtype being the accuracy yardstick."""
+    gpu_baselines: tuple[str, ...] = ("cupy", "torch")
+    """Baseline libraries on a GPU backend."""
     quick_shape: tuple[int, ...] = field(default=(), compare=False)
     backends: tuple[str, ...] = ()
     """Backends the case is meant for (empty: every backend): sizes and tiles that fit one."""
 
     def runs_on(self, backend: str) -> bool:
         return not self.backends or backend in self.backends
+
+    @property
+    def program(self) -> Program | None:
+        """The compiled function this case times instead of ``tsol.<op>`` (pipeline suite)."""
+        return PROGRAMS.get(self.op)
 
     @property
     def id(self) -> str:
@@ -155,5 +167,58 @@ def _gpu_cases() -> list[Case]:
     ]
 
 
-CASES: list[Case] = _cases() + _gpu_cases()
+@dataclass(frozen=True)
+class Program:
+    """A compiled TSOL function timed as one call: the pipeline suite's unit.
+
+    ``build()`` returns a fresh ``op.pipeline`` or ``tsol.jit`` object (compiled on its first
+    call, which the warm-up absorbs); ``reference`` computes the same result in float64 NumPy
+    from float64 copies of the inputs; ``targets`` are (backend, baseline, minimum speedup)
+    triples that the tables print a verdict for.
+    """
+
+    build: Callable[[], Any]
+    reference: Callable[..., np.ndarray]
+    targets: tuple[tuple[str, str, float], ...] = ()
+
+
+def _chain4() -> Any:
+    return tsol_op.pipeline([tsol_op.relu, lambda x: x * 2, lambda x: x + 1, tsol_op.tanh],
+                            name="chain4")
+
+
+def _matmul_bias_gelu() -> Any:
+    return tsol.jit(lambda x, w, b: tsol.gelu(x @ w + b), name="matmul_bias_gelu")
+
+
+PROGRAMS: dict[str, Program] = {
+    "chain4": Program(
+        _chain4, lambda x: np.tanh(np.maximum(x, 0) * 2 + 1),
+        targets=(("cpu", "numpy", 5.0), ("cuda", "cupy.fuse", 1.0), ("cuda", "torch", 2.0))),
+    "matmul_bias_gelu": Program(
+        _matmul_bias_gelu,
+        lambda x, w, b: get_op("matmul").reference(x, w, b, None, epilogue="gelu"),
+        targets=(("cpu", "tsol unfused", 1.2), ("cuda", "tsol unfused", 1.2))),
+}
+"""The pipeline suite's programs by case op name: a 4-op elementwise chain that fuses into
+one kernel, and gelu(x @ w + b) that becomes one matmul with a bias+gelu epilogue."""
+
+
+def _pipeline_cases() -> list[Case]:
+    """Compiled programs against the same computation eager (NumPy, CuPy, torch), fused by
+    hand (cupy.fuse) and as separate TSOL calls ('tsol unfused')."""
+    mm_q = (96, 80, 72)
+    return [
+        Case("pipeline", "chain4", (M16,), baselines=("numpy", "tsol unfused"),
+             gpu_baselines=("cupy", "cupy.fuse", "torch", "tsol unfused"),
+             quick_shape=_q((M16,))),
+        Case("pipeline", "matmul_bias_gelu", (2048, 512, 2048), inputs="mm+bias",
+             baselines=("numpy", "tsol unfused"), quick_shape=mm_q, backends=("cpu",)),
+        Case("pipeline", "matmul_bias_gelu", (4096, 4096, 4096), inputs="mm+bias",
+             gpu_baselines=("cupy", "tsol unfused", "torch"), quick_shape=mm_q,
+             backends=("cuda",)),
+    ]
+
+
+CASES: list[Case] = _cases() + _gpu_cases() + _pipeline_cases()
 SUITES = sorted({c.suite for c in CASES})

@@ -126,10 +126,6 @@ def to_host(x: Any) -> Any:
     return x
 
 
-GPU_BASELINES = ("cupy", "torch")
-"""The baseline libraries of every case on a GPU backend."""
-
-
 class BaselineCall(NamedTuple):
     """One baseline of a case, ready to run: ``call()`` on its library's own arrays."""
 
@@ -150,12 +146,13 @@ def baseline_calls(case: Case, b: Any, args: list[Any], kwargs: dict[str, Any]
     as_f16 = map_arrays(lambda x: x.astype(np.float16) if x.dtype == tsol.bfloat16 else x,
                         (args, kwargs)) if tsol.bfloat16 in dts else None
     out = []
-    for name in case.baselines if b.name == "cpu" else GPU_BASELINES:
+    for name in case.baselines if b.name == "cpu" else case.gpu_baselines:
         lib = LIBRARIES.get(name)
         if lib is None or case.op not in lib.table or not lib.installed():
             continue
         cast = as_f16 is not None and not lib.bfloat16
-        a, kw = map_arrays(lib.array, as_f16 if cast else (args, kwargs))
+        to_lib = lib.array or (lambda x: to_backend(x, b))
+        a, kw = map_arrays(to_lib, as_f16 if cast else (args, kwargs))
         out.append(BaselineCall(f"{name} (float16)" if cast else name,
                                 functools.partial(lib.table[case.op], *a, **kw), not cast))
     return out
@@ -182,20 +179,34 @@ def _kernel_name(chosen: Any) -> str:
     return f"{chosen[0].name} -> {vendor}" if vendor else chosen[0].name
 
 
-def run_case(case: Case, backend: str = "cpu", quick: bool = False,
-             rng: np.random.Generator | None = None) -> dict[str, Any]:
-    """One result row; a failed correctness check gives a row with ``ok=False`` and no time."""
-    rng = rng or np.random.default_rng(0)
-    b = backends.get(backend)
-    inputs = case.make_inputs(rng, quick)
-    host_args, host_kwargs = case.call_args(inputs)
-    args, kwargs = to_backend((host_args, host_kwargs), b)
-    fn = getattr(tsol, case.op)
-    opdef = get_op(case.op)
-    got = to_host(fn(*args, **kwargs))
-    ref = reference(case.op, host_args, host_kwargs)
-    operands, attrs = bound_call(case.op, args, kwargs)
-    # A baseline that fails is reported in its entry; it never fails the row.
+def tsol_function(case: Case) -> Callable[..., Any]:
+    """What a case times for TSOL: its compiled program (built afresh) or ``tsol.<op>``."""
+    return case.program.build() if case.program is not None else getattr(tsol, case.op)
+
+
+def case_reference(case: Case, args: list[Any], kwargs: dict[str, Any]) -> np.ndarray:
+    """The float64 truth of the case's call on host arrays ``(args, kwargs)``."""
+    if case.program is None:
+        return reference(case.op, args, kwargs)
+    wide = [a.astype(np.float64) if tsol.dtypes.is_float(a.dtype) else a for a in args]
+    return np.asarray(case.program.reference(*wide, **kwargs))
+
+
+class Checked(NamedTuple):
+    """A case's baselines after one call each, and the check of TSOL's result."""
+
+    calls: list[BaselineCall]
+    results: dict[str, Any]
+    failed: dict[str, dict[str, str]]
+    ok: bool
+    detail: str
+
+
+def run_and_check(case: Case, b: Any, got: Any, host_args: list[Any],
+                  host_kwargs: dict[str, Any]) -> Checked:
+    """Run each baseline once and check ``got`` against the float64 reference, the first
+    baseline in the case's dtype being the yardstick. A baseline that fails is reported in its
+    entry; it never fails the row."""
     calls, failed, base_out = baseline_calls(case, b, host_args, host_kwargs), {}, {}
     for bc in calls:
         try:
@@ -204,7 +215,25 @@ def run_case(case: Case, backend: str = "cpu", quick: bool = False,
             failed[bc.label] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
     yardstick = next((base_out[bc.label] for bc in calls
                       if bc.same_dtype and bc.label in base_out), None)
-    ok, detail = check(case, got, yardstick, ref)
+    ok, detail = check(case, got, yardstick, case_reference(case, host_args, host_kwargs))
+    return Checked(calls, base_out, failed, ok, detail)
+
+
+def run_case(case: Case, backend: str = "cpu", quick: bool = False,
+             rng: np.random.Generator | None = None) -> dict[str, Any]:
+    """One result row; a failed correctness check gives a row with ``ok=False`` and no time."""
+    if case.program is not None:
+        return run_program_case(case, backend, quick, rng)
+    rng = rng or np.random.default_rng(0)
+    b = backends.get(backend)
+    inputs = case.make_inputs(rng, quick)
+    host_args, host_kwargs = case.call_args(inputs)
+    args, kwargs = to_backend((host_args, host_kwargs), b)
+    fn = getattr(tsol, case.op)
+    opdef = get_op(case.op)
+    got = to_host(fn(*args, **kwargs))
+    operands, attrs = bound_call(case.op, args, kwargs)
+    checked = run_and_check(case, b, got, host_args, host_kwargs)
     metas = [None if o is None else meta_of(o) for o in operands]
     chosen = select(opdef, backend, metas, attrs)
     flops, nbytes = opdef.cost(*metas, out=meta_of(got), **attrs)
@@ -212,26 +241,70 @@ def run_case(case: Case, backend: str = "cpu", quick: bool = False,
         "case": case.id_at(case.quick_shape) if quick and case.quick_shape else case.id,
         "suite": case.suite, "op": case.op,
         "shape": list(inputs[0].shape), "dtype": case.dtype, "attrs": case.kwargs,
-        "backend": backend, "device": b.device_key(), "ok": ok, "check": detail,
-        "kernel": _kernel_name(chosen),
+        "backend": backend, "device": b.device_key(), "ok": checked.ok,
+        "check": checked.detail, "kernel": _kernel_name(chosen),
         "config": repr(chosen[1]) if chosen else "", "flops": flops, "bytes": nbytes,
     }
-    if not ok:
+    if checked.ok:
+        time_row(row, b, lambda: fn(*args, **kwargs), checked)
+    return row
+
+
+def run_program_case(case: Case, backend: str = "cpu", quick: bool = False,
+                     rng: np.random.Generator | None = None) -> dict[str, Any]:
+    """The row of a pipeline case: its compiled program checked against the float64
+    reference, then timed with its baselines. ``kernel`` names the schedule's launches in order
+    (`` + `` between them), ``kernel_count`` counts those that run a kernel of their own,
+    ``bytes`` is the inputs and the result once (what a single fused pass moves), ``flops``
+    the schedule's estimate, and ``targets`` the verdict of each target speedup."""
+    rng = rng or np.random.default_rng(0)
+    b = backends.get(backend)
+    inputs = case.make_inputs(rng, quick)
+    host_args, host_kwargs = case.call_args(inputs)
+    args, kwargs = to_backend((host_args, host_kwargs), b)
+    compiled = tsol_function(case)
+    got = to_host(compiled(*args, **kwargs))
+    checked = run_and_check(case, b, got, host_args, host_kwargs)
+    schedule = compiled.executable(*args).schedule
+    row: dict[str, Any] = {
+        "case": case.id_at(case.quick_shape) if quick and case.quick_shape else case.id,
+        "suite": case.suite, "op": case.op, "shape": list(inputs[0].shape),
+        "dtype": case.dtype, "attrs": case.kwargs, "backend": backend,
+        "device": b.device_key(), "ok": checked.ok, "check": checked.detail,
+        "kernel": " + ".join(L.name for L in schedule.launches),
+        "kernel_count": schedule.kernel_count,
+        "config": "; ".join(repr(L.config) for L in schedule.launches if L.config is not None),
+        "flops": sum(L.flops for L in schedule.launches),
+        "bytes": sum(a.nbytes for a in inputs) + np.asarray(got).nbytes,
+    }
+    if not checked.ok:
         return row
+    time_row(row, b, lambda: compiled(*args, **kwargs), checked)
+    row["targets"] = {}
+    for where, name, least in case.program.targets:
+        if where == backend:
+            speedup = row["baselines"].get(name, {}).get("speedup")
+            row["targets"][name] = {"min_speedup": least,
+                                    "met": None if speedup is None else speedup >= least}
+    return row
+
+
+def time_row(row: dict[str, Any], b: Any, fn: Callable[[], Any], checked: Checked) -> None:
+    """Add the timings, rates and baseline comparisons of a checked case to its ``row``."""
     timer = b.timer()
-    if backend != "cpu":
+    if b.name != "cpu":
         timer = _batched(timer, GPU_BATCH)
-    row.update(time_call(lambda: fn(*args, **kwargs), timer))
-    if backend == "cpu":
-        row["peak_bytes"] = peak_memory(lambda: fn(*args, **kwargs))
-    row["GBps"] = nbytes / row["median_s"] / 1e9
-    row["GFLOPs"] = flops / row["median_s"] / 1e9
+    row.update(time_call(fn, timer))
+    if b.name == "cpu":
+        row["peak_bytes"] = peak_memory(fn)
+    row["GBps"] = row["bytes"] / row["median_s"] / 1e9
+    row["GFLOPs"] = row["flops"] / row["median_s"] / 1e9
     ceilings = b.ceilings()
     if "copy_GBps" in ceilings:
         row["pct_copy_bw"] = 100 * row["GBps"] / ceilings["copy_GBps"]
-    row["baselines"] = failed
-    for bc in calls:
-        if bc.label not in base_out:
+    row["baselines"] = dict(checked.failed)
+    for bc in checked.calls:
+        if bc.label not in checked.results:
             continue
         try:
             t = time_call(bc.call, timer)
@@ -240,9 +313,8 @@ def run_case(case: Case, backend: str = "cpu", quick: bool = False,
             continue
         entry = row["baselines"][bc.label] = {"median_s": t["median_s"],
                                               "speedup": t["median_s"] / row["median_s"]}
-        if backend == "cpu":
+        if b.name == "cpu":
             entry["peak_bytes"] = peak_memory(bc.call)
-    return row
 
 
 def run(cases: Iterable[Case], backend: str = "cpu", quick: bool = False,
@@ -269,20 +341,38 @@ def run(cases: Iterable[Case], backend: str = "cpu", quick: bool = False,
             "rows": rows}
 
 
+def _notes(r: dict[str, Any], shown: str | None, gpu: bool) -> str:
+    """A row's notes: the speedups the table has no column for, and each target's verdict."""
+    parts = [] if gpu else [f"{n} {v['speedup']:.2f}x" for n, v in r["baselines"].items()
+                            if n != shown and "speedup" in v]
+    verdicts = {True: "met", False: "MISSED", None: "not measured"}
+    parts += [f"target >= {t['min_speedup']:g}x vs {n}: {verdicts[t['met']]}"
+              for n, t in r.get("targets", {}).items()]
+    return "; ".join(parts)
+
+
 def markdown_table(doc: dict[str, Any]) -> str:
-    """The results as a Markdown table: one row per case, speedup against each baseline."""
+    """The results as a Markdown table: one row per case, speedup against each baseline; a
+    notes column (the other baselines, target verdicts) when some row has targets."""
     gpu = any("peak_bytes" not in r for r in doc["rows"] if r.get("ok"))
+    notes = any("targets" in r or "kernel_count" in r for r in doc["rows"])
     last = "copy bandwidth; speedups" if gpu else "peak MiB (NumPy)"
     first = "baseline" if gpu else "NumPy"
     lines = [f"| case | kernel | median ms | GB/s | GFLOP/s | {first} ms | speedup vs {first} "
-             f"| {last} |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+             f"| {last} |" + (" notes |" if notes else ""),
+             "|---|---|---:|---:|---:|---:|---:|---:|" + ("---|" if notes else "")]
     mib = 1 << 20
     for r in doc["rows"]:
+        kernel = r["kernel"]
+        if "kernel_count" in r:
+            kernel += f" ({r['kernel_count']} kernel{'s' if r['kernel_count'] != 1 else ''})"
         if not r["ok"]:
-            lines.append(f"| {r['case']} | {r['kernel']} | FAILED: {r['check']} | | | | | |")
+            lines.append(f"| {r['case']} | {kernel} | FAILED: {r['check']} | | | | | |"
+                         + (" |" if notes else ""))
             continue
-        base = next((v for v in r["baselines"].values() if "median_s" in v), None)
-        cells = [r["case"], r["kernel"], f"{r['median_s'] * 1e3:.3f}", f"{r['GBps']:.1f}",
+        shown, base = next(((n, v) for n, v in r["baselines"].items() if "median_s" in v),
+                           (None, None))
+        cells = [r["case"], kernel, f"{r['median_s'] * 1e3:.3f}", f"{r['GBps']:.1f}",
                  f"{r['GFLOPs']:.1f}",
                  f"{base['median_s'] * 1e3:.3f}" if base else "",
                  f"{base['speedup']:.2f}x" if base else ""]
@@ -293,5 +383,7 @@ def markdown_table(doc: dict[str, Any]) -> str:
             cells.append(f"{r.get('pct_copy_bw', 0):.0f}% of copy; "
                          + ", ".join(f"{n} {v['speedup']:.2f}x" if "speedup" in v
                                      else f"{n} failed" for n, v in r["baselines"].items()))
+        if notes:
+            cells.append(_notes(r, shown, gpu))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -6,17 +6,18 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from tsol.bench import baselines, gpu_config_sweep
-from tsol.bench.baselines import BASELINES, LIBRARIES, NUMPY, Library
-from tsol.bench.cases import CASES, Case
+from tsol.bench import baselines, gpu_config_sweep, overhead
+from tsol.bench.baselines import BASELINES, LIBRARIES, NUMPY, FusedTable, Library, fused
+from tsol.bench.cases import CASES, PROGRAMS, Case, Program
 from tsol.bench.runner import (
     baseline_calls,
+    case_reference,
     check,
     map_arrays,
     markdown_table,
-    reference,
     run_case,
     to_backend,
+    tsol_function,
 )
 
 import tsol
@@ -30,10 +31,10 @@ CPU_CASES = [c for c in CASES if c.runs_on("cpu")]
 @pytest.mark.parametrize("impl", ["tsol", "numpy"])
 def test_case(benchmark, case, impl):
     args, kwargs = case.call_args(case.make_inputs(np.random.default_rng(0)))
-    fn = getattr(tsol, case.op) if impl == "tsol" else BASELINES[impl][case.op]
+    fn = tsol_function(case) if impl == "tsol" else BASELINES[impl][case.op]
     got = fn(*args, **kwargs)
     if impl == "tsol":
-        ref = reference(case.op, args, kwargs)
+        ref = case_reference(case, args, kwargs)
         base = BASELINES["numpy"][case.op](*args, **kwargs)
         ok, detail = check(case, got, base, ref)
         assert ok, detail
@@ -136,7 +137,8 @@ def test_gpu_baselines_take_only_their_own_arrays(case, monkeypatch):
     CuPy), and bfloat16 cases run it in float16 under the label 'cupy (float16)'."""
     monkeypatch.setitem(LIBRARIES, "cupy", Library(NUMPY, lambda x: x.view(Device),
                                                    bfloat16=False))
-    monkeypatch.delitem(LIBRARIES, "torch")
+    for name in ("torch", "cupy.fuse", "tsol unfused"):
+        monkeypatch.delitem(LIBRARIES, name)
     monkeypatch.setattr(baselines, "_xp",
                         lambda x: DeviceModule() if isinstance(x, Device) else np)
     args, kwargs = case.call_args(case.make_inputs(np.random.default_rng(0), quick=True))
@@ -206,3 +208,143 @@ def test_gpu_check_case_lines(monkeypatch, capsys):
     assert lines[1].startswith(f"{'attn':<58} FAIL  err/tol=")
     assert lines[2].startswith(f"{'nan':<10} FAIL  ") and "nan=True" in lines[2]
     assert lines[3] == f"{'broken':<52} ERROR" and "RuntimeError: launch failed" in out
+
+
+# --- the pipeline suite ------------------------------------------------------------------------
+
+PIPELINE_CPU = [c for c in CASES if c.suite == "pipeline" and c.runs_on("cpu")]
+
+
+def test_pipeline_suite_covers_its_programs():
+    names = {c.op for c in CASES if c.suite == "pipeline"}
+    assert names == set(PROGRAMS) == {"chain4", "matmul_bias_gelu"}
+    assert {c.op for c in PIPELINE_CPU} == names
+    assert any(c.runs_on("cuda") and c.shape == (4096, 4096, 4096) for c in CASES
+               if c.op == "matmul_bias_gelu")
+
+
+@pytest.mark.parametrize("case", PIPELINE_CPU, ids=[c.id for c in PIPELINE_CPU])
+def test_pipeline_case_quick_cpu_row(case):
+    """Checked against float64, timed, with the schedule's kernels: chain4 is one fused
+    elementwise kernel, gelu(x @ w + b) one matmul with its epilogue."""
+    row = run_case(case, "cpu", quick=True)
+    assert row["ok"], row["check"]
+    assert row["kernel_count"] == 1
+    if case.op == "chain4":
+        assert row["kernel"].startswith("fused_elementwise")
+        n = case.quick_shape[0]
+        assert row["bytes"] == 2 * 4 * n                   # input and output once
+    else:
+        assert row["kernel"].startswith("matmul")
+    assert row["median_s"] > 0 and row["GBps"] > 0
+    assert set(row["baselines"]) == {"numpy", "tsol unfused"}
+    assert all("speedup" in v for v in row["baselines"].values())
+    target = next(t for t in PROGRAMS[case.op].targets if t[0] == "cpu")
+    assert row["targets"][target[1]]["min_speedup"] == target[2]
+    table = markdown_table({"rows": [row]})
+    assert "notes |" in table and "(1 kernel)" in table and "tsol unfused" in table
+
+
+def test_pipeline_wrong_program_gives_failure_row(monkeypatch):
+    """A program whose result differs from the reference gets ok=False and no time."""
+    wrong = Program(lambda: tsol.op.pipeline([tsol.op.relu, tsol.op.tanh]),
+                    PROGRAMS["chain4"].reference)
+    monkeypatch.setitem(PROGRAMS, "chain4", wrong)
+    row = run_case(next(c for c in PIPELINE_CPU if c.op == "chain4"), "cpu", quick=True)
+    assert not row["ok"] and "median_s" not in row
+    assert "FAILED" in markdown_table({"rows": [row]})
+
+
+@pytest.mark.parametrize("case", PIPELINE_CPU, ids=[c.id for c in PIPELINE_CPU])
+def test_pipeline_baselines_match_the_reference(case):
+    """NumPy eager and the unfused TSOL calls compute the program (odd sizes)."""
+    rng = np.random.default_rng(3)
+    args, kwargs = case.call_args(case.make_inputs(rng, quick=True))
+    ref = case_reference(case, args, kwargs)
+    scale = case.quick_shape[1] if len(case.quick_shape) == 3 else 1
+    rtol, atol = TOLERANCES[tsol.dtypes.dtype(case.dtype)]
+    for name in ("numpy", "tsol unfused"):
+        got = LIBRARIES[name].table[case.op](*args, **kwargs)
+        assert got.dtype == np.float32, name
+        np.testing.assert_allclose(got, ref, rtol=rtol, atol=atol * scale, err_msg=name)
+
+
+class FakeCupy:
+    """NumPy standing in for CuPy: records the functions a fused body calls and the fuse
+    decorator's kernel name."""
+
+    def __init__(self):
+        self.called, self.fused = [], []
+
+    def __getattr__(self, name):
+        fn = getattr(np, name)
+
+        def call(*args, **kwargs):
+            self.called.append(name)
+            return fn(*args, **kwargs)
+        return call
+
+    def fuse(self, kernel_name=None):
+        def decorate(f):
+            self.fused.append((kernel_name, f))
+            return f
+        return decorate
+
+
+def test_pipeline_cupy_fuse_baseline_is_built_from_the_module():
+    """The cupy.fuse baseline decorates the chain written with the module's own functions
+    (a NumPy ufunc inside cupy.fuse would not trace), built lazily and once."""
+    fake, loads = FakeCupy(), []
+    table = FusedTable(lambda: loads.append(1) or fake)
+    assert "chain4" in table and "matmul_bias_gelu" not in table and list(table) == ["chain4"]
+    assert loads == []                                  # no CuPy import until used
+    f = table["chain4"]
+    assert table["chain4"] is f and loads == [1]
+    assert [name for name, _ in fake.fused] == ["chain4"] and fake.fused[0][1] is f
+    x = np.random.default_rng(5).uniform(-3, 3, 1001).astype(np.float32)
+    got = f(x)
+    assert set(fake.called) == {"tanh", "maximum"}
+    rtol, atol = TOLERANCES[tsol.dtypes.dtype(np.float32)]
+    np.testing.assert_allclose(got, PROGRAMS["chain4"].reference(x.astype(np.float64)),
+                               rtol=rtol, atol=atol)
+    assert got.dtype == np.float32
+    with pytest.raises(KeyError):
+        table["matmul_bias_gelu"]
+    assert fused("chain4", FakeCupy())(x).tobytes() == got.tobytes()
+
+
+def test_pipeline_gpu_baselines_and_their_arrays(monkeypatch):
+    """On a GPU, chain4 runs CuPy eager, cupy.fuse and the unfused TSOL calls on device
+    arrays (torch when installed), in the case's order."""
+    monkeypatch.setitem(LIBRARIES, "cupy", Library(NUMPY, lambda x: x.view(Device)))
+    monkeypatch.setitem(LIBRARIES, "cupy.fuse", Library(FusedTable(FakeCupy),
+                                                        lambda x: x.view(Device)))
+    monkeypatch.delitem(LIBRARIES, "torch")
+    case = next(c for c in CASES if c.op == "chain4")
+    args, kwargs = case.call_args(case.make_inputs(np.random.default_rng(0), quick=True))
+    calls = baseline_calls(case, FakeGPU(), args, kwargs)
+    assert [bc.label for bc in calls] == ["cupy", "cupy.fuse", "tsol unfused"]
+    for bc in calls:
+        assert all(type(a) is Device for a in _arrays((bc.call.args, bc.call.keywords)))
+    ref = case_reference(case, args, kwargs)
+    rtol, atol = TOLERANCES[tsol.dtypes.dtype(np.float32)]
+    for bc in calls[:2]:
+        np.testing.assert_allclose(np.asarray(bc.call()), ref, rtol=rtol, atol=atol)
+
+
+def test_pipeline_overhead_row(capsys):
+    """The overhead table has a compiled 3-op pipeline row, right, and prints its ratio."""
+    b = backends.get("cpu")
+    x = np.random.default_rng(0).uniform(-2, 2, (32, 32)).astype(np.float32)
+    rows = overhead.overhead_rows(np, x, x)
+    row = next(r for r in rows if r[0] == overhead.PIPELINE)
+    want = np.tanh(np.maximum(x.astype(np.float64), 0) * 2)
+    rtol, atol = TOLERANCES[tsol.dtypes.dtype(np.float32)]
+    np.testing.assert_allclose(row[1](), want, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(row[2](), want, rtol=rtol, atol=atol)
+    picked = [r for r in rows if r[0] in (overhead.PIPELINE, overhead.SINGLE)]
+    us = overhead.overhead_table(picked, b, n=20)
+    assert set(us) == {overhead.PIPELINE, overhead.SINGLE}
+    out = capsys.readouterr().out
+    assert f"| {overhead.PIPELINE} |" in out
+    assert "compiled 3-op pipeline / single op (exp):" in out and "target <= 1.5x" in out
