@@ -75,6 +75,8 @@ class Kernel:
     """``impl(*operands, config=config, **attrs)`` returns its result (a view of an operand, as
     NumPy gives for transpose or slicing) instead of writing ``out``."""
     source_file: str = ""
+    launch: Callable[[Sequence[Any], dict[str, Any], Config], str] | None = None
+    """``launch(metas, attrs, config)``: the launch geometry in words, for ``explain()``."""
 
     def legal(self, metas: Sequence[Any], attrs: dict[str, Any]) -> bool:
         # An optional input left out (layernorm's gamma, matmul's bias) has no Meta: None.
@@ -129,7 +131,7 @@ def kernel(op: str, *, backend: str, dtypes: Iterable[Any] | None = None,
            configs: Sequence[Config] = (DEFAULT_CONFIG,), supports: Callable | None = None,
            heuristic: Callable | None = None, vendor: str | None = None, priority: int = 0,
            alias_ok: bool = True, allocates: bool = False,
-           name: str | None = None) -> Callable:
+           name: str | None = None, launch: Callable | None = None) -> Callable:
     """Decorator registering ``impl`` as a kernel of ``op`` on ``backend``; returns ``impl``."""
 
     def register(impl: Callable[..., None]) -> Callable[..., None]:
@@ -137,7 +139,7 @@ def kernel(op: str, *, backend: str, dtypes: Iterable[Any] | None = None,
                    dtypes=None if dtypes is None else frozenset(np.dtype(d) for d in dtypes),
                    configs=tuple(configs), supports=supports, heuristic=heuristic,
                    vendor=vendor, priority=priority, alias_ok=alias_ok,
-                   allocates=allocates,
+                   allocates=allocates, launch=launch,
                    source_file=inspect.getsourcefile(impl) or "")
         KERNELS.setdefault((op, backend), []).append(k)
         return impl

@@ -25,6 +25,7 @@ def test_elementwise_chain_is_one_kernel(rng):
     x = rng.standard_normal((size(5, 1000), size(33, 1031))).astype(np.float32)
     got = compiled_run(p, x)
     assert p.kernel_count() == 1
+    assert "launch grid (" in p.explain()
     if COMPILE_ONLY:
         return
     assert_close(got, np.tanh(np.maximum(x.astype(np.float64), 0) * 2 + 1), np.float32)

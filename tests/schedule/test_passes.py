@@ -25,7 +25,9 @@ def test_elementwise_chain_runs_as_one_kernel(rng):
     assert_close(got, np.tanh(np.maximum(x.astype(np.float64), 0) * 2 + 1), np.float32)
     unfused = tsol.tanh(tsol.add(tsol.multiply(tsol.relu(x), 2), 1))
     assert_close(got, unfused, np.float32)
-    assert "fused_elementwise[relu -> multiply -> add -> tanh]" in p.explain()
+    text = p.explain()
+    assert "fused_elementwise[relu -> multiply -> add -> tanh]" in text
+    assert "launch 1 tiles of 4096 elements" in text        # 33 * 65 elements, one tile
 
 
 def test_broadcast_chain_and_reused_values_fuse(rng):

@@ -373,6 +373,14 @@ def _heuristic(metas: Sequence[Any], attrs: dict[str, Any]) -> Config:
     return CONFIGS[0]
 
 
+def describe_launch(metas: Sequence[Any], attrs: dict[str, Any], config: Config) -> str:
+    """The tile count of an elementwise launch over the operands' broadcast shape."""
+    n = int(np.prod(np.broadcast_shapes(*[m.shape for m in metas if m is not None])))
+    tiles = -(-n // config.block) if n else 0
+    where = "prange" if n >= PARALLEL_MIN_ELEMENTS else "one thread"
+    return f"{tiles} tiles of {config.block} elements ({where})"
+
+
 def _register(op: str, body: str, class_of: str, dts: frozenset | None) -> None:
     """Register ``op`` running ``body``; its compute class comes from the output (``out``) or
     from the promoted inputs (``inputs``, for comparisons)."""
@@ -382,7 +390,8 @@ def _register(op: str, body: str, class_of: str, dts: frozenset | None) -> None:
         launch(body, operands, out, compute_class(dt), config.block)
 
     impl.__name__ = impl.__qualname__ = f"{op}_tiles"
-    kernel(op, backend="cpu", dtypes=dts, configs=CONFIGS, heuristic=_heuristic)(impl)
+    kernel(op, backend="cpu", dtypes=dts, configs=CONFIGS, heuristic=_heuristic,
+           launch=describe_launch)(impl)
 
 
 for _op in ("exp", "log", "sqrt", "rsqrt", "sin", "cos", "tanh", "sigmoid", "silu"):

@@ -35,6 +35,7 @@ from tsol.kernels.cpu.elementwise import (
     PARALLEL_MIN_ELEMENTS,
     _raw,
     compute_class,
+    describe_launch,
 )
 from tsol.kernels.cpu.elementwise_math import _STORAGE, _store_expr
 from tsol.kernels.cpu.jit import render_template
@@ -261,7 +262,7 @@ def _heuristic(metas: Sequence[Any], attrs: dict[str, Any]) -> Config:
 
 
 @kernel("fused_elementwise", backend="cpu", configs=CONFIGS, supports=_supports,
-        heuristic=_heuristic)
+        heuristic=_heuristic, launch=describe_launch)
 def fused_elementwise_tiles(arrays: Sequence[np.ndarray], *, out: np.ndarray, config: Config,
                             program: Program) -> None:
     launch(arrays, out, program, config.block)

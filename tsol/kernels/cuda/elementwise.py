@@ -255,13 +255,21 @@ def _heuristic(metas: Sequence[Any], attrs: dict[str, Any]) -> Config:
     return CONFIGS[0]
 
 
+def describe_launch(metas: Sequence[Any], attrs: dict[str, Any], config: Config) -> str:
+    """Grid and block of a flat grid-stride launch over the operands' broadcast shape."""
+    n = int(np.prod(np.broadcast_shapes(*[m.shape for m in metas if m is not None])))
+    grid = max(1, min(gpu.cdiv(n, config.block * UNROLL), GRID_CAP))
+    return f"grid ({grid}, 1, 1) x block ({config.block}, 1, 1), grid-stride"
+
+
 def _register(op: str, class_of: str, dts: Any) -> None:
     def impl(*operands: Any, out: Any, config: Config, **attrs: Any) -> None:
         dt = out.dtype if class_of == "out" else dtypes.result_type(*operands)
         launch(op, operands, out, compute_class(dt), config.block)
 
     impl.__name__ = impl.__qualname__ = f"{op}_cuda"
-    kernel(op, backend="cuda", dtypes=dts, configs=CONFIGS, heuristic=_heuristic)(impl)
+    kernel(op, backend="cuda", dtypes=dts, configs=CONFIGS, heuristic=_heuristic,
+           launch=describe_launch)(impl)
 
 
 for _op in ("exp", "log", "sqrt", "rsqrt", "sin", "cos", "tanh", "sigmoid", "silu"):

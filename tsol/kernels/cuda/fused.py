@@ -39,6 +39,7 @@ from tsol.kernels.cuda.elementwise import (
     _load,
     _store,
     compute_class,
+    describe_launch,
     fmax,
     fmin,
     fpow,
@@ -232,7 +233,7 @@ def _heuristic(metas: Sequence[Any], attrs: dict[str, Any]) -> Config:
 
 
 @kernel("fused_elementwise", backend="cuda", configs=CONFIGS, supports=_supports,
-        heuristic=_heuristic)
+        heuristic=_heuristic, launch=describe_launch)
 def fused_elementwise_cuda(arrays: Sequence[Any], *, out: Any, config: Config,
                            program: Program) -> None:
     launch(arrays, out, program, config.block)
