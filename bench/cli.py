@@ -2,6 +2,8 @@
 
     tsol-bench run [--suite softmax ...] [--op exp ...] [--backend cpu] [--quick] [--out r.json]
     tsol-bench devices
+    tsol-bench report r.json [--out DIR]          Markdown report and PNG plots (roofline, speedups)
+    tsol-bench compare old.json new.json [--threshold 5%]   regressions; exit 1 on any
 """
 
 from __future__ import annotations
@@ -17,6 +19,14 @@ from tsol import backends
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # report and compare parse their own arguments (tsol.bench.report / tsol.bench.compare).
+    if argv[:1] == ["report"]:
+        from tsol.bench.report import main_report
+        return main_report(argv[1:])
+    if argv[:1] == ["compare"]:
+        from tsol.bench.compare import main_compare
+        return main_compare(argv[1:])
     parser = argparse.ArgumentParser(prog="tsol-bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -27,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
     p_run.add_argument("--out", help="write the results JSON here")
     sub.add_parser("devices", help="list the backends this machine can run")
+    sub.add_parser("report", help="Markdown report and PNG plots of a results JSON "
+                                  "(tsol-bench report r.json [--out DIR])")
+    sub.add_parser("compare", help="flag regressions between two results JSONs "
+                                   "(tsol-bench compare old.json new.json [--threshold 5%%])")
     args = parser.parse_args(argv)
 
     if args.command == "devices":

@@ -338,7 +338,7 @@ def run(cases: Iterable[Case], backend: str = "cpu", quick: bool = False,
             "platform": platform.platform(),
             "versions": {"tsol": tsol.__version__, "numpy": np.__version__,
                          "numba": numba.__version__, "python": platform.python_version()},
-            "rows": rows}
+            "ceilings": backends.get(backend).ceilings(), "rows": rows}
 
 
 def _notes(r: dict[str, Any], shown: str | None, gpu: bool) -> str:
