@@ -498,9 +498,11 @@ def register_cap(threads: int) -> int:
     return min(255, REGISTERS_PER_BLOCK // max(1, threads) // 8 * 8)
 
 
-def registers(kern: Kernel, argtypes: Sequence[Any], cc: tuple[int, int] = PTX_CC) -> int:
-    """Registers a thread of ``kern`` uses for ``argtypes`` (Numba types) at ``cc``, honouring
-    its ``max_registers``: its PTX assembled by nvJitLink, as launches link it."""
+def resource_usage(kern: Kernel, argtypes: Sequence[Any], cc: tuple[int, int] = PTX_CC
+                   ) -> dict[str, int]:
+    """Registers a thread and spill bytes (stores, loads) of ``kern`` for ``argtypes`` (Numba
+    types) at ``cc``, honouring its ``max_registers``: its PTX assembled by nvJitLink, as
+    launches link it (no GPU needed)."""
     import re
 
     from cuda.bindings import nvjitlink
@@ -517,10 +519,18 @@ def registers(kern: Kernel, argtypes: Sequence[Any], cc: tuple[int, int] = PTX_C
         nvjitlink.get_info_log(handle, log)
     finally:
         nvjitlink.destroy(handle)
-    found = re.search(rb"[Uu]sed (\d+) registers", bytes(log))
+    text = bytes(log)
+    found = re.search(rb"[Uu]sed (\d+) registers", text)
     if found is None:
         raise RuntimeError(f"no register count in the link log of {kern.name}")
-    return int(found.group(1))
+    spills = re.search(rb"(\d+) bytes spill stores, (\d+) bytes spill loads", text)
+    stores, loads = (int(spills.group(1)), int(spills.group(2))) if spills else (0, 0)
+    return {"registers": int(found.group(1)), "spill_stores": stores, "spill_loads": loads}
+
+
+def registers(kern: Kernel, argtypes: Sequence[Any], cc: tuple[int, int] = PTX_CC) -> int:
+    """Registers a thread of ``kern`` uses for ``argtypes`` at ``cc`` (``resource_usage``)."""
+    return resource_usage(kern, argtypes, cc)["registers"]
 
 
 recording = threading.local()
