@@ -66,9 +66,10 @@ class Schedule:
                  f"{self.kernel_count} kernels, {len(self.buffers)} intermediate buffers"]
         for i, L in enumerate(self.launches):
             what = L.node.op
-            if what == "fused_elementwise":
+            if what in ("fused_elementwise", "fused_reduction"):
                 steps = L.attrs["program"].steps
-                what += "[" + " -> ".join(s.op for s in steps) + "]"
+                tail = [L.attrs["reduce"]] if what == "fused_reduction" else []
+                what += "[" + " -> ".join([s.op for s in steps] + tail) + "]"
             cfg = "" if L.config is None else f" {L.config}"
             buf = "new" if L.buffer is None else f"buf{L.buffer}"
             lines.append(f"  [{i}] {L.node.label()} {what}: kernel {L.name}{cfg} -> "

@@ -6,6 +6,8 @@
 - ``rewrite``: ``softmax(Q K^T * scale) V`` -> ``flash_attention``; ``act(x @ W + b) + r`` ->
   matmul/gemm with that epilogue; ``norm(x + r)`` -> the norm with ``residual=r``.
 - ``fuse``: connected elementwise ops (with broadcasting) -> one ``fused_elementwise`` node.
+- ``fuse_prologues``: an elementwise node feeding only a reduction (sum, mean, max, min over
+  trailing axes) or a softmax/log_softmax -> one ``fused_reduction`` node (``prologue.py``).
 
 Buffer planning runs when the graph is lowered (``schedule.lower``), where sizes are known.
 A pass never changes what the graph computes; each rewrite checks that the node it replaces
@@ -363,10 +365,13 @@ def fuse(graph: Graph) -> Graph:
     return rebuild(graph, replace) if replace else graph
 
 
+from .prologue import fuse_prologues  # noqa: E402 - it builds on the helpers above
+
 PASSES: list[tuple[str, Callable[[Graph], Graph]]] = [
     ("canonicalize", canonicalize),
     ("rewrite", rewrite),
     ("fuse", fuse),
+    ("fuse_prologues", fuse_prologues),
 ]
 """The pass pipeline, in order. ``run_passes`` applies it; ``explain`` names each step."""
 

@@ -3,7 +3,7 @@
 import importlib
 
 FAMILY_NAMES = ("elementwise", "reduction", "softmax", "normalization", "layout", "random",
-                "linalg", "attention", "loss", "fused")
+                "linalg", "attention", "loss", "fused", "fused_reduction")
 
 FAMILIES = tuple(importlib.import_module(f"tsol.ops.{name}") for name in FAMILY_NAMES)
 

@@ -4,6 +4,7 @@ from tsol.kernels.cpu import (  # noqa: F401
                               attention,
                               elementwise,
                               fused,
+                              fused_reduction,
                               layout,
                               linalg,
                               loss,

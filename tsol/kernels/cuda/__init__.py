@@ -4,7 +4,7 @@ registers them."""
 import importlib
 
 FAMILIES = ("elementwise", "reduction", "softmax", "normalization", "layout", "random", "linalg",
-            "attention", "loss", "fused")
+            "attention", "loss", "fused", "fused_reduction")
 
 for _family in FAMILIES:
     importlib.import_module(f"tsol.kernels.cuda.{_family}")
