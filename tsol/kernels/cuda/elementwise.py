@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -201,30 +201,36 @@ _prepared: dict[tuple[Any, ...], gpu.Prepared] = {}
 """Launches by (op, class, block, layout of out and operands): later calls pass pointers only."""
 
 
-def launch(op: str, operands: Sequence[Any], out: Any, cls: str, block: int) -> None:
-    """Run ``op``'s body over ``operands`` (arrays broadcastable to ``out``) into ``out``."""
-    n = out.size
-    if n == 0:
+def grid_stride_launch(key: tuple[Any, ...], operands: Sequence[Any], out: Any, block: int,
+                       build: Callable[[tuple[str, ...]], gpu.Kernel],
+                       rerun: Callable[[list[Any], Any], None]) -> None:
+    """The launch path of the generated grid-stride kernels (these and the fused ones).
+
+    Operand modes are 'scalar', 'flat' or 'strided' (merged to at most four dims with the
+    output); ``build(modes)`` gives the kernel. A launch is prepared once per ``key`` and
+    layout, so later calls pass pointers only. Layouts of more than four unmergeable dims run
+    ``rerun(dense_operands, dense_out)`` on C-contiguous copies instead.
+    """
+    if out.size == 0:
         return
-    layout = (op, cls, block, out.shape, out.dtype, out.strides,
+    layout = (*key, block, out.shape, out.dtype, out.strides,
               *[(a.shape, a.dtype, a.strides) for a in operands])
     prepared = _prepared.get(layout)
     if prepared is not None:
         prepared([a.data.ptr for a in operands] + [out.data.ptr])
         return
-    in_dts = [np.dtype(a.dtype) for a in operands]
     shape = tuple(out.shape)
     modes = tuple("scalar" if a.size == 1 else
                   "flat" if tuple(a.shape) == shape and a.flags.c_contiguous else "strided"
                   for a in operands)
-    if "strided" in modes or not out.flags.c_contiguous:
+    strided = "strided" in modes or not out.flags.c_contiguous
+    if strided:
         try:
             dims, strides = merged_dims(shape, [out] + list(operands), 4)
         except ValueError:                     # > 4 unmergeable dims: run on dense copies
             xp = gpu.array_module()
-            dense = [xp.ascontiguousarray(xp.broadcast_to(a, shape)) for a in operands]
             tmp = xp.empty(shape, out.dtype)
-            launch(op, dense, tmp, cls, block)
+            rerun([xp.ascontiguousarray(xp.broadcast_to(a, shape)) for a in operands], tmp)
             out[...] = tmp
             return
         args = [strided_view(gpu.kernel_view(a), dims, st)
@@ -234,8 +240,8 @@ def launch(op: str, operands: Sequence[Any], out: Any, cls: str, block: int) -> 
     else:
         args = [gpu.kernel_view(a).reshape(-1) for a in operands]
         target = gpu.kernel_view(out).reshape(-1)
-    kern = _kernel_for(op, cls, in_dts, np.dtype(out.dtype), modes)
-    grid = min(gpu.cdiv(n, block * (1 if "strided" in modes else UNROLL)), GRID_CAP)
+    kern = build(modes)
+    grid = min(gpu.cdiv(out.size, block * (1 if strided else UNROLL)), GRID_CAP)
     prepared = gpu.prepare(kern, grid, block, args + [target])
     if prepared is None:
         gpu.launch(kern, grid, block, args + [target])
@@ -244,6 +250,14 @@ def launch(op: str, operands: Sequence[Any], out: Any, cls: str, block: int) -> 
         _prepared.clear()
     _prepared[layout] = prepared
     prepared([a.data.ptr for a in operands] + [out.data.ptr])
+
+
+def launch(op: str, operands: Sequence[Any], out: Any, cls: str, block: int) -> None:
+    """Run ``op``'s body over ``operands`` (arrays broadcastable to ``out``) into ``out``."""
+    in_dts = [np.dtype(a.dtype) for a in operands]
+    grid_stride_launch((op, cls), operands, out, block,
+                       lambda modes: _kernel_for(op, cls, in_dts, np.dtype(out.dtype), modes),
+                       lambda dense, tmp: launch(op, dense, tmp, cls, block))
 
 
 # --- registration --------------------------------------------------------------------------------

@@ -30,7 +30,6 @@ from tsol.kernels.cuda.elementwise import (
     _F,
     BODIES,
     CONFIGS,
-    GRID_CAP,
     INT,
     TEMPLATE,
     UINT,
@@ -43,9 +42,9 @@ from tsol.kernels.cuda.elementwise import (
     fmax,
     fmin,
     fpow,
+    grid_stride_launch,
     ipow,
 )
-from tsol.kernels.cuda.layout_util import merged_dims, strided_view
 from tsol.ops.fused import (
     Program,
     ProgramPlan,
@@ -154,10 +153,6 @@ def _kernel_for(program: Program, plan: ProgramPlan, in_dts: Sequence[np.dtype],
     return k
 
 
-_prepared: dict[tuple[Any, ...], gpu.Prepared] = {}
-"""Launches by (program, block, layout of out and operands): later calls pass pointers only."""
-
-
 def _check_exponents(arrays: Sequence[Any], plan: ProgramPlan) -> None:
     for i in plan.int_exponents:
         if arrays[i].size and bool((arrays[i] < 0).any()):
@@ -170,52 +165,19 @@ def launch(arrays: Sequence[Any], out: Any, program: Program, block: int) -> Non
     """Run ``program`` over ``arrays`` (broadcastable to ``out``) into ``out``."""
     plan = plan_program(program, [a.dtype for a in arrays])
     _check_exponents(arrays, plan)
-    n = out.size
-    if n == 0:
-        return
     used = used_inputs(plan)
     operands = [arrays[i] for i in used]
-    layout = (program.key, block, out.shape, out.dtype, out.strides,
-              *[(a.shape, a.dtype, a.strides) for a in operands])
-    prepared = _prepared.get(layout)
-    if prepared is not None:
-        prepared([a.data.ptr for a in operands] + [out.data.ptr])
-        return
-    shape = tuple(out.shape)
-    modes = tuple("scalar" if a.size == 1 else
-                  "flat" if tuple(a.shape) == shape and a.flags.c_contiguous else "strided"
-                  for a in operands)
-    if "strided" in modes or not out.flags.c_contiguous:
-        try:
-            dims, strides = merged_dims(shape, [out] + operands, 4)
-        except ValueError:                     # > 4 unmergeable dims: run on dense copies
-            xp = gpu.array_module()
-            dense = list(arrays)
-            for i in used:
-                dense[i] = xp.ascontiguousarray(xp.broadcast_to(arrays[i], shape))
-            tmp = xp.empty(shape, out.dtype)
-            launch(dense, tmp, program, block)
-            out[...] = tmp
-            return
-        args = [strided_view(gpu.kernel_view(a), dims, st)
-                for a, st in zip(operands, strides[1:])]
-        target = strided_view(gpu.kernel_view(out), dims, strides[0])
-        modes = tuple("strided" for _ in operands)
-    else:
-        args = [gpu.kernel_view(a).reshape(-1) for a in operands]
-        target = gpu.kernel_view(out).reshape(-1)
-    kern = _kernel_for(program, plan, [np.dtype(a.dtype) for a in operands],
-                       np.dtype(out.dtype), modes)
-    strided = "strided" in modes or not out.flags.c_contiguous
-    grid = min(gpu.cdiv(n, block * (1 if strided else UNROLL)), GRID_CAP)
-    prepared = gpu.prepare(kern, grid, block, args + [target])
-    if prepared is None:
-        gpu.launch(kern, grid, block, args + [target])
-        return
-    if len(_prepared) > 4096:
-        _prepared.clear()
-    _prepared[layout] = prepared
-    prepared([a.data.ptr for a in operands] + [out.data.ptr])
+
+    def rerun(dense: list[Any], tmp: Any) -> None:
+        full = list(arrays)
+        for i, d in zip(used, dense):
+            full[i] = d
+        launch(full, tmp, program, block)
+
+    grid_stride_launch((program.key,), operands, out, block,
+                       lambda modes: _kernel_for(program, plan,
+                                                 [np.dtype(a.dtype) for a in operands],
+                                                 np.dtype(out.dtype), modes), rerun)
 
 
 # --- registration ----------------------------------------------------------------------------
