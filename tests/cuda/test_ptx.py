@@ -1,11 +1,12 @@
 """Every CUDA kernel signature the tests reach compiles to PTX for sm_90 (the H100).
 
-Re-runs the CUDA tests in a child process in compile-only mode (``TSOL_CUDA_COMPILE_ONLY=1``):
+Re-runs each CUDA test file in a child process in compile-only mode (``TSOL_CUDA_COMPILE_ONLY=1``):
 there ``gpu.launch`` compiles each new (kernel, signature) with ``cuda.compile_ptx(...,
 cc=(9, 0))`` through NVVM instead of running it. Needs numba-cuda's NVVM (the ``cu13`` extra),
-no GPU.
+no GPU. One test per file, so that parallel test workers share the compiling.
 """
 
+import functools
 import os
 import subprocess
 import sys
@@ -16,9 +17,13 @@ import pytest
 from tests.cuda.support import COMPILE_ONLY, SIMULATOR
 
 ROOT = Path(__file__).resolve().parents[2]
+FILES = sorted(p.name for p in (ROOT / "tests" / "cuda").glob("test_*.py")
+               if p.name != Path(__file__).name)
 
 
-def _nvvm_available(env: dict) -> bool:
+@functools.lru_cache(maxsize=None)
+def _nvvm_available() -> bool:
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     probe = ("from numba import cuda, float32\n"
              "def k(x):\n    x[0] = 1\n"
              "cuda.compile_ptx(k, (float32[:],), cc=(9, 0))\n")
@@ -27,13 +32,13 @@ def _nvvm_available(env: dict) -> bool:
 
 
 @pytest.mark.skipif(COMPILE_ONLY or not SIMULATOR, reason="runs from the simulator session")
-def test_every_kernel_signature_compiles_for_sm90():
+@pytest.mark.parametrize("name", FILES)
+def test_every_kernel_signature_compiles_for_sm90(name):
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     env["TSOL_CUDA_COMPILE_ONLY"] = "1"
-    if not _nvvm_available(env):
+    if not _nvvm_available():
         pytest.skip("numba-cuda's NVVM is not installed (pip install 'numba-cuda[cu13]')")
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                           str(ROOT / "tests" / "cuda"), "--deselect",
-                           "tests/cuda/test_ptx.py::test_every_kernel_signature_compiles_for_sm90"],
+                           "-p", "no:xdist", str(ROOT / "tests" / "cuda" / name)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
