@@ -108,9 +108,10 @@ def _scalar_dtype(value: Any, strong: Sequence[Meta]) -> np.dtype:
         else np.result_type(value)
 
 
-def _constant(value: Any, b: backends.Backend, opdef: OpDef) -> Any:
+def _constant(value: Any, b: backends.Backend, user: str) -> Any:
+    """A captured array as an operand of ``user`` (an op name, or 'output')."""
     if backends.owner(value) is not b:
-        raise op_error(BackendError, opdef.name, f"an array captured by the function lives on "
+        raise op_error(BackendError, user, f"an array captured by the function lives on "
                        f"{getattr(backends.owner(value), 'name', '?')} but the inputs on "
                        f"{b.name}", "pass the array as an argument, or move it to the inputs' "
                        "device before calling", [value])
@@ -142,13 +143,8 @@ def _source(x: Any, b: backends.Backend, opdef: OpDef | None, dt: Any = None) ->
         if isinstance(x.value, (bool, int, float)):
             dt = dt if dt is not None else np.result_type(x.value)
             return ("value", b.scalar_array(x.value, dt))
-        return ("value", _constant(x.value, b, opdef or _any_op()))
+        return ("value", _constant(x.value, b, opdef.name if opdef else "output"))
     return ("node", x.id)
-
-
-def _any_op() -> OpDef:
-    from tsol.registry import get_op
-    return get_op("add")
 
 
 def _launch(n: Node, b: backends.Backend) -> Launch:

@@ -98,3 +98,18 @@ def test_tuple_outputs_and_passthrough(rng):
     assert_close(a, np.exp(x.astype(np.float64)), np.float32)
     assert b is x
     assert_close(c, x.astype(np.float64).sum(-1), np.float32, scale=3)
+
+
+class _FakeGPUArray:
+    """Looks like a CuPy array to the backend lookup, without CuPy."""
+
+    shape, dtype = (3,), np.dtype(np.float32)
+
+
+_FakeGPUArray.__module__ = "cupy._core.core"
+
+
+def test_captured_array_on_another_device_is_an_error():
+    w = _FakeGPUArray()
+    with pytest.raises(tsol.BackendError, match=r"tsol\.add: an array captured .* lives on cuda"):
+        tsol.jit(lambda x: x + w)(np.ones(3, np.float32))
