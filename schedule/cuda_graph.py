@@ -46,7 +46,9 @@ class GraphReplay:
         graph, results = entry
         import cupy
         graph.launch(cupy.cuda.get_current_stream())
-        return [r.copy() if r is not inputs_of(r, inputs) else r for r in results]
+        # Copies, so a result stays valid after the next replay; an input returned as it is
+        # stays the caller's own array.
+        return [r if any(r is a for a in inputs) else r.copy() for r in results]
 
     def _capture(self, inputs: Sequence[Any]) -> tuple[Any, list[Any]]:
         import cupy
@@ -69,7 +71,3 @@ class GraphReplay:
             graph.upload(stream)
         return graph, results
 
-
-def inputs_of(r: Any, inputs: Sequence[Any]) -> Any:
-    """``r`` itself when it is one of the inputs (a function returning its argument)."""
-    return next((a for a in inputs if a is r), None)
