@@ -1,12 +1,12 @@
 """Calls the memory-bound CUDA kernels a few times each, for a hardware-counter profiler.
 
-    ncu --clock-control none --set basic --section MemoryWorkloadAnalysis \\
-        --launch-skip-before-match 0 python3 bench/gpu_profile.py [OP ...]
+    ncu --clock-control none --set basic --section MemoryWorkloadAnalysis --csv \\
+        --page details python3 bench/gpu_profile.py [OP ...] > ncu.csv
 
-Each op (default: softmax, log_softmax, layernorm, rmsnorm, cross_entropy, exp, add, sum,
-rope) runs on a 4096x4096 float32 input (layernorm also bfloat16), twice: the first call
-compiles, the second is the one to read. Prints each op's name before its calls, so a profile's
-kernels can be matched to ops in order.
+Each case (default: all; ``chain`` is a compiled relu -> *2+1 -> tanh pipeline, the others
+are ops) runs on a 4096x4096 float32 input (layernorm also bfloat16; rope on [4, 16, 2048,
+128]), twice: the first call compiles, the second is the one to read. Prints each case's name
+before its calls, so a profile's kernels can be matched to cases in order.
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ def calls(cp: object) -> dict[str, object]:
     labels = cp.asarray(rng.integers(0, n, n))
     q = cp.asarray(rng.standard_normal((4, 16, 2048, 128), np.float32))
     pos = cp.arange(2048)
+    chain = tsol.op.pipeline([tsol.op.relu, lambda v: v * 2 + 1, tsol.op.tanh])
     return {
+        "chain": lambda: chain(x),
         "softmax": lambda: tsol.softmax(x),
         "log_softmax": lambda: tsol.log_softmax(x),
         "layernorm": lambda: tsol.layernorm(x, g, g),
