@@ -5,7 +5,15 @@ rule (written in TSOL ops) is called on the traced primals in reverse topologica
 the backward pass is recorded into the same Graph IR. Forward and backward then go through
 the same passes (fusion of backward elementwise chains, epilogue rewrites) and run as one
 schedule. Cotangents of a value used several times are summed; an input the output does not
-depend on gets zeros.
+depend on gets zeros. The cotangents of a multi-result op's parts (``split``'s pieces) reach its
+VJP rule as one list, None for a part the output does not depend on.
+
+Attention is rewritten before it is differentiated: each ``softmax(Q K^T * scale) V`` block of
+the forward becomes one ``flash_attention`` node (the ``rewrite`` pass's own pattern, matched on
+the canonicalized forward), so the forward runs the flash-attention kernel and never stores the
+score matrix, and the backward takes flash_attention's VJP rule, which recomputes the
+probabilities from Q and K. Done after differentiating, the rewrite could not fire: the
+backward of the unfused form reads the softmax output, so it would have to stay.
 """
 
 from __future__ import annotations
@@ -16,29 +24,55 @@ import tsol
 from tsol.errors import ArgumentError, DTypeError
 from tsol.ops.base import Meta
 
+from . import passes
 from .capture import Tracer
 from .compiled import Compiled
-from .graph import Graph, Node
+from .graph import CONST, PART, Graph, Node, record_into
 
 
 def backprop(g: Graph, out: Node, seed: Tracer) -> dict[int, Any]:
     """Cotangent Tracers of every node ``out`` depends on, seeded with ``seed`` at ``out``."""
     ct: dict[int, Any] = {out.id: seed}
     for n in reversed(g.live([out])):
+        if n.op == PART and n.id in ct:      # every user of the part is done: pass it on
+            multi = n.producer
+            ct.setdefault(multi.id, [None] * len(multi.meta))[n.value] = ct[n.id]
+            continue
         if not n.is_op or n.id not in ct or not n.opdef.differentiable:
             continue
         primals = [None if x is None else tuple(Tracer(g, e) for e in x)
                    if isinstance(x, tuple) else Tracer(g, x) for x in n.inputs]
-        grads = n.opdef.vjp(ct[n.id], *primals, out=Tracer(g, n), **n.attr)
+        result = [Tracer(g, g.part(n, i)) for i in range(len(n.meta))] \
+            if isinstance(n.meta, list) else Tracer(g, n)
+        grads = n.opdef.vjp(ct[n.id], *primals, out=result, **n.attr)
         for x, gx in zip(n.inputs, grads):
             if x is None or gx is None:
                 continue
             pairs = zip(x, gx) if isinstance(x, tuple) else ((x, gx),)
             for node, grad in pairs:
-                if grad is None or not node.is_op and node.op != "input":
+                if grad is None or node.op == CONST:
                     continue
                 ct[node.id] = grad if node.id not in ct else tsol.add(ct[node.id], grad)
     return ct
+
+
+def fuse_attention(g: Graph, out: Tracer) -> Tracer:
+    """``out`` recorded again into ``g`` with each attention block of the forward that computes
+    it as one ``flash_attention`` node (see the module docstring); ``out`` itself when there is
+    none. The forward is canonicalized first, as the rewrite pass expects (transposes folded
+    into gemm flags), so the backward then reads gemm's VJP rule where the forward had
+    ``q @ k.T``."""
+    g.outputs = [out.node]
+    forward = passes.canonicalize(g)
+    replace = {}
+    for n in forward.live():
+        build = passes._attention(n)
+        if build is not None:
+            replace[n.id] = build
+    if not replace:
+        return out
+    mapping = record_into(g, forward, replace)
+    return Tracer(g, mapping[forward.outputs[0].id])
 
 
 def _zeros_like(x: Tracer) -> Any:
@@ -88,6 +122,7 @@ class _Differentiated:
                                     f"of {fname}. Fix: differentiate with respect to array "
                                     "arguments only.")
         g = out.graph
+        out = fuse_attention(g, out)
         if seed is None:
             seed = Tracer(g, g.input(Meta(out.shape, out.dtype)))
         ct = backprop(g, out.node, seed)

@@ -3,9 +3,11 @@
 ``trace(fn, metas)`` calls ``fn`` with one Tracer per input. Each TSOL op that receives a Tracer
 (directly or in a list operand) records a node instead of running: its attributes are normalized
 and its result meta computed by the op's own rules, so a bad call raises the same TSOLError it
-would raise eagerly, at capture time. Ops that receive no Tracer run eagerly as usual; their
-results (and arrays from the enclosing scope) enter the graph as constants. Tracers support the
-arithmetic operators, ``@``, ``.T``, indexing and ``reshape``/``astype`` like arrays.
+would raise eagerly, at capture time. An op with several results (``split``) records one node
+and returns a list of Tracers, one per result (``part`` nodes, see ``graph``). Ops that receive
+no Tracer run eagerly as usual; their results (and arrays from the enclosing scope) enter the
+graph as constants. Tracers support the arithmetic operators, ``@``, ``.T``, indexing and
+``reshape``/``astype`` like arrays.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 import tsol
-from tsol.errors import ArgumentError, TSOLError, TSOLNotImplementedError
+from tsol.errors import ArgumentError, TSOLError
 from tsol.ops import base
 from tsol.ops.base import SCALAR_TYPES, Meta, meta_of
 from tsol.registry import OpDef
@@ -150,10 +152,10 @@ def record(opdef: OpDef, operands: list[Any], attrs: dict[str, Any]) -> Any:
     if opdef.normalize is not None:
         attrs = opdef.normalize(metas, **attrs)
     meta = opdef.meta(*metas, **attrs)
-    if isinstance(meta, list):
-        raise TSOLNotImplementedError(opdef.name, "capture", [m.dtype for m in metas
-                                                                if isinstance(m, Meta)])
-    return Tracer(g, g.op(opdef, inputs, attrs, meta=meta))
+    node = g.op(opdef, inputs, attrs, meta=meta)
+    if isinstance(meta, list):        # several results: a list of parts, as the op returns
+        return [Tracer(g, g.part(node, i)) for i in range(len(meta))]
+    return Tracer(g, node)
 
 
 @contextmanager

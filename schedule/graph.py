@@ -1,4 +1,4 @@
-"""The Graph IR: hash-consed nodes of registered ops, inputs and constants.
+"""The Graph IR: hash-consed nodes of registered ops, their results, inputs and constants.
 
 A ``Node`` is one op application with its (normalized) attributes and result ``Meta``, or a
 graph input, or a constant (a Python scalar or an array captured from the enclosing scope).
@@ -6,6 +6,13 @@ Nodes are built through a ``Graph``, which interns them: the same op on the same
 the same attributes is one node, so common subexpressions merge as they are recorded. The
 graph's ``key()`` (a hash of its structure, its input metas and its constants' identities)
 keys the compile cache.
+
+An op with several results (``split``) is one node whose meta is the list of its results'
+Metas, read through one ``part`` node per result used (``%5 = part(%4, index=1)``). Parts are
+what other nodes take as inputs and what a graph returns, so every edge still carries one
+array: passes need not know multi-result nodes exist, the lowering runs the op once and hands
+out its results, and autodiff gathers the parts' cotangents into the list the op's VJP rule
+takes.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from tsol.registry import OpDef, get_op
 
 INPUT = "input"
 CONST = "const"
+PART = "part"
 
 
 def freeze(value: Any) -> Any:
@@ -58,7 +66,8 @@ class Node:
     attrs: tuple[tuple[str, Any], ...]
     meta: Any
     value: Any = None
-    """The constant's value (CONST) or the input's position (INPUT)."""
+    """The constant's value (CONST), the input's position (INPUT) or the result's index
+    (PART, also its ``index`` attribute)."""
     id: int = -1
     users: list[Node] = field(default_factory=list, repr=False)
 
@@ -68,7 +77,12 @@ class Node:
 
     @property
     def is_op(self) -> bool:
-        return self.op not in (INPUT, CONST)
+        return self.op not in (INPUT, CONST, PART)
+
+    @property
+    def producer(self) -> Node:
+        """The node that computes this value: a part's multi-result node, else itself."""
+        return self.inputs[0] if self.op == PART else self
 
     @property
     def attr(self) -> dict[str, Any]:
@@ -134,7 +148,8 @@ class Graph:
     def op(self, opdef: OpDef, inputs: Sequence[Any], attrs: dict[str, Any],
            meta: Any = None) -> Node:
         """The node of ``opdef`` on ``inputs`` with normalized ``attrs``; its meta from the op's
-        meta rule unless given."""
+        meta rule unless given (a list of Metas for an op with several results: read them
+        with ``part``)."""
         frozen = tuple(sorted((k, freeze(v)) for k, v in attrs.items()))
         key = (opdef.name, tuple(_input_key(x) for x in inputs), frozen)
         found = self._interned.get(key)
@@ -145,6 +160,11 @@ class Graph:
                      else x.meta for x in inputs]
             meta = opdef.meta(*metas, **{k: thaw(v) for k, v in frozen})
         return self._add(key, Node(opdef.name, tuple(inputs), frozen, meta))
+
+    def part(self, node: Node, index: int) -> Node:
+        """Result ``index`` of multi-result node ``node``."""
+        return self._add((PART, node.id, index), Node(PART, (node,), (("index", index),),
+                                                      node.meta[index], value=index))
 
     # -- structure --------------------------------------------------------------------------
     def live(self, roots: Sequence[Node] | None = None) -> list[Node]:
@@ -219,9 +239,23 @@ def format_meta(meta: Any) -> str:
 
 def rebuild(graph: Graph, replace: dict[int, Any], name: str | None = None) -> Graph:
     """A new graph equal to ``graph`` with node ``i`` replaced by ``replace[i](new_graph,
-    new_inputs)`` where given; other nodes are copied onto their mapped inputs."""
+    new_inputs, mapping)`` where given; other nodes are copied onto their mapped inputs."""
     new = Graph(name or graph.name)
-    mapping: dict[int, Node] = {}
+    for n in graph.inputs:
+        new.input(n.meta)
+    mapping = record_into(new, graph, replace)
+    new.outputs = [mapping[o.id] for o in graph.outputs]
+    return new
+
+
+def record_into(target: Graph, graph: Graph, replace: dict[int, Any] | None = None
+                ) -> dict[int, Node]:
+    """Record ``graph``'s live nodes into ``target``, whose inputs stand for ``graph``'s (by
+    position), replacing as ``rebuild`` does; returns the map from ``graph``'s node ids to
+    ``target``'s nodes. A node ``target`` already holds is found, not added (hash-consing),
+    so only what differs is new."""
+    replace = replace or {}
+    mapping: dict[int, Node] = {n.id: target.inputs[n.value] for n in graph.inputs}
 
     def m(x: Any) -> Any:
         if x is None:
@@ -230,22 +264,21 @@ def rebuild(graph: Graph, replace: dict[int, Any], name: str | None = None) -> G
             return tuple(mapping[e.id] for e in x)
         return mapping[x.id]
 
-    for n in graph.inputs:
-        mapping[n.id] = new.input(n.meta)
     for n in graph.live():
         if n.op == INPUT:
             continue
         if n.op == CONST:
-            mapping[n.id] = new.const(n.value, n.meta)
+            mapping[n.id] = target.const(n.value, n.meta)
             continue
         inputs = tuple(m(x) for x in n.inputs)
         fn = replace.get(n.id)
         if fn is not None:
-            mapping[n.id] = fn(new, inputs, mapping)
+            mapping[n.id] = fn(target, inputs, mapping)
+        elif n.op == PART:
+            mapping[n.id] = target.part(inputs[0], n.value)
         else:
-            mapping[n.id] = new.op(n.opdef, inputs, n.attr, meta=n.meta)
-    new.outputs = [mapping[o.id] for o in graph.outputs]
-    return new
+            mapping[n.id] = target.op(n.opdef, inputs, n.attr, meta=n.meta)
+    return mapping
 
 
 def nodes_of(graph: Graph, ops: Iterable[str]) -> list[Node]:

@@ -5,7 +5,9 @@ each op node in topological order the kernel and config (the registry's heuristi
 tuner when one is installed as ``tsol.ops.base.selector``), its operands' sources, the
 conversion of Python scalars to 0-d arrays, its cost, and the buffer it writes. Buffer
 planning gives an intermediate the buffer of one that died before it (same shape and dtype),
-so a chain of N ops keeps at most a few intermediates alive. ``run`` then only gathers arrays
+so a chain of N ops keeps at most a few intermediates alive. An op with several results
+(``split``) is one launch whose kernel returns them all; its ``part`` nodes are no launches,
+only sources ``("part", (node id, index))`` that pick a result. ``run`` then only gathers arrays
 and calls kernels: no meta rules, selection or planning per call.
 """
 
@@ -17,12 +19,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from tsol import backends, config, dtypes
-from tsol.errors import BackendError, TSOLNotImplementedError, op_error
+from tsol.errors import BackendError, TSOLError, TSOLNotImplementedError, op_error
 from tsol.ops import base
 from tsol.ops.base import Meta, meta_of
 from tsol.registry import Config, Kernel, OpDef
 
-from .graph import CONST, INPUT, Graph, Node, format_meta
+from .graph import CONST, INPUT, PART, Graph, Node, format_meta
 
 
 @dataclass
@@ -36,7 +38,8 @@ class Launch:
     config: Config | None
     attrs: dict[str, Any]
     sources: list[Any]
-    """Per op input: None, ("in", i), ("node", id), ("value", array) or a tuple of those."""
+    """Per op input: None, ("in", i), ("node", id), ("part", (id, index)), ("value", array)
+    or a tuple of those."""
     buffer: int | None = None
     """Index into ``Schedule.buffers`` for an intermediate; None allocates (a graph output)."""
     frees: list[int] = field(default_factory=list)
@@ -139,6 +142,8 @@ def _source(x: Any, b: backends.Backend, opdef: OpDef | None, dt: Any = None) ->
         return tuple(_source(e, b, opdef) for e in x)
     if x.op == INPUT:
         return ("in", x.value)
+    if x.op == PART:
+        return ("part", (x.producer.id, x.value))
     if x.op == CONST:
         if isinstance(x.value, (bool, int, float)):
             dt = dt if dt is not None else np.result_type(x.value)
@@ -174,6 +179,10 @@ def _launch(n: Node, b: backends.Backend) -> Launch:
             raise TSOLNotImplementedError(opdef.name, b.name, [m.dtype for m in strong])
         return Launch(n, opdef, None, None, attrs, sources, flops=flops, bytes=nbytes)
     kern, cfg = chosen
+    if isinstance(n.meta, list) and not kern.allocates:
+        raise TSOLError(f"tsol.{opdef.name}: kernel {kern.name} has {len(n.meta)} results but "
+                        "writes one out= array. Fix: register a kernel of a multi-result op "
+                        "with allocates=True, returning the list of its results.")
     return Launch(n, opdef, kern, cfg, attrs, sources, flops=flops, bytes=nbytes)
 
 
@@ -183,10 +192,12 @@ def _plan_buffers(graph: Graph, launches: list[Launch], position: dict[int, int]
     outputs = {o.id for o in graph.outputs}
     step_of = {L.node.id: i for i, L in enumerate(launches)}
     # A view (an allocating kernel) keeps its source's storage alive: alias it to the root.
+    # A part lives in its producer's result, so it counts as that.
     root: dict[int, int] = {}
     for L in launches:
         src = L.node.inputs[0] if L.node.inputs else None
-        if L.kernel is not None and L.kernel.allocates and isinstance(src, Node) \
+        src = src.producer if isinstance(src, Node) else None
+        if L.kernel is not None and L.kernel.allocates and src is not None \
                 and src.id in step_of:
             root[L.node.id] = root.get(src.id, src.id)
         else:
@@ -194,12 +205,12 @@ def _plan_buffers(graph: Graph, launches: list[Launch], position: dict[int, int]
     last_use: dict[int, int] = {}
     for i, L in enumerate(launches):
         for p in L.node.operands():
-            if p.id in step_of:
-                r = root[p.id]
+            if p.producer.id in step_of:
+                r = root[p.producer.id]
                 last_use[r] = max(last_use.get(r, -1), i)
-    for o in outputs:
-        if o in root:
-            last_use[root[o]] = len(launches)      # returned: alive to the end
+    for o in graph.outputs:
+        if o.producer.id in root:
+            last_use[root[o.producer.id]] = len(launches)      # returned: alive to the end
     buffers: list[tuple[tuple[int, ...], np.dtype]] = []
     free: list[int] = []
     owner_of: dict[int, int] = {}
@@ -246,6 +257,8 @@ def run(s: Schedule, inputs: Sequence[Any], bufs: list[Any] | None = None,
             return inputs[v]
         if kind == "value":
             return v
+        if kind == "part":
+            return env[v[0]][v[1]]
         return env[v]
 
     for L in s.launches:

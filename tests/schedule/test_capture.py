@@ -1,12 +1,14 @@
 """Capture into Graph IR: nodes, hash-consing, constants, errors, the compile cache."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from tsol.schedule.capture import Tracer, trace
 from tsol.schedule.compiled import Compiled
 
 import tsol
-from tests.support import assert_close
+from tests.support import assert_close, reference
 from tests.test_registry import _FakeGPUArray
 from tsol import op
 from tsol.ops.base import meta_of
@@ -105,3 +107,88 @@ def test_captured_array_on_another_device_is_an_error():
     w = _FakeGPUArray()
     with pytest.raises(tsol.BackendError, match=r"tsol\.add: an array captured .* lives on cuda"):
         tsol.jit(lambda x: x + w)(np.ones(3, np.float32))
+
+
+# --- ops with several results ----------------------------------------------------------------
+
+def test_split_records_one_node_and_a_part_per_result(rng):
+    x = rng.standard_normal((3, 7)).astype(np.float32)
+    g, _ = trace(lambda x: tsol.split(x, 3, axis=1)[2] + tsol.split(x, 3, axis=1)[0][:, :2],
+                 [meta_of(x)])
+    ops = [n.op for n in g.live()]
+    assert ops.count("split") == 1                   # both calls are one node
+    assert ops.count("part") == 2                    # only the results used
+    text = g.text()
+    assert "(float32[3, 3], float32[3, 2], float32[3, 2])" in text
+    assert "part(%1, index=2) : float32[3, 2]" in text
+
+
+@pytest.mark.parametrize("sections", [3, [2, -1], [5, 1, 6]], ids=["uneven", "neg", "unsorted"])
+def test_jitted_split_equals_eager(sections, rng):
+    x = rng.standard_normal((4, 9)).astype(np.float32)
+
+    def f(x):
+        y = tsol.exp(x)
+        pieces = tsol.split(y, sections, axis=1)
+        return [tsol.tanh(p) * 2 + 1 for p in pieces], pieces[-1]
+    c = tsol.jit(f)
+    got, last = c(x)
+    pieces = tsol.split(np.exp(x.astype(np.float64)), sections, axis=1)     # eager
+    assert len(got) == len(pieces)
+    for i, (a, p) in enumerate(zip(got, pieces)):
+        assert_close(a, np.tanh(p) * 2 + 1, np.float32, what=f"piece {i}")
+    assert_close(last, pieces[-1], np.float32)
+    # exp, then one fused chain per piece; split itself is views, no kernel of its own.
+    assert c.kernel_count(x) == 1 + len(pieces)
+    assert "kernel split_views" in c.explain(x)
+
+
+def test_split_of_an_intermediate_keeps_its_buffer_alive(rng):
+    # The pieces are views of exp(x)'s buffer: w, of its shape and made after the last read
+    # of a, must not take that buffer while b is still to be read.
+    x = rng.standard_normal((6, 8))
+
+    def f(x):
+        a, b = tsol.split(tsol.exp(x), 2)
+        s = tsol.sum(a)
+        w = tsol.sin(x) @ x.T @ x
+        return tsol.sum(b * w[:3]) + s
+    c = tsol.jit(f)
+    for x_ in (x, x / 2):                        # a second call runs on fresh buffers
+        ea, eb = np.split(np.exp(x_), 2)
+        want = np.sum(eb * (np.sin(x_) @ x_.T @ x_)[:3]) + ea.sum()
+        assert_close(c(x_), want, np.float64, scale=100)
+
+
+def test_split_as_a_pipeline_stage_and_a_qkv_projection(rng):
+    x = rng.standard_normal((5, 4)).astype(np.float32)
+    w = rng.standard_normal((4, 6)).astype(np.float32)
+
+    def qkv(x):
+        q, k, v = tsol.split(x @ w, 3, axis=-1)
+        return op.softmax(q @ k.T) @ v
+    got = tsol.jit(qkv)(x)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    q, k, v = np.split(x64 @ w64, 3, axis=-1)
+    want = reference("softmax", q @ k.T, axis=-1) @ v
+    assert_close(got, want, np.float32, scale=4)
+    p = op.pipeline([lambda x: tsol.split(x, 2), lambda parts: parts[0] * parts[1]])
+    assert_close(p(x[:4]), x64[:2] * x64[2:4], np.float32)
+
+
+def test_multi_result_kernel_must_return_its_results(rng, monkeypatch):
+    # A multi-result op's kernel returns the list (allocates=True); one that would write a
+    # single out= array cannot run a captured function, and says so when it is lowered.
+    from tsol.ops import base
+    chosen = base.select
+
+    def writes_out(opdef, backend, metas, attrs):
+        found = chosen(opdef, backend, metas, attrs)
+        if opdef.name == "split":
+            return dataclasses.replace(found[0], allocates=False), found[1]
+        return found
+    monkeypatch.setattr(base, "select", writes_out)
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+    with pytest.raises(tsol.TSOLError, match=r"tsol\.split: kernel split_views has 2 results "
+                                             r"but writes one out= array"):
+        tsol.jit(lambda x: tsol.split(x, 2, axis=1)[0] + 1)(x)
