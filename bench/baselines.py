@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+from tsol.bench.cases import STREAM_SCALAR
 
 import tsol
 from tsol import dtypes
@@ -67,13 +68,28 @@ _ACT = {"none": lambda y: y, "relu": lambda y: np.maximum(y, 0), "gelu": _gelu,
         "silu": lambda y: y / (1 + np.exp(-y))}
 
 
-def _matmul(a, b, *, bias=None, residual=None, epilogue=None, tile_shape=None):
-    y = a @ b
+def _epilogue(y, *, bias=None, residual=None, epilogue=None, tile_shape=None):
+    """matmul's and gemm's epilogue on a fresh product ``y``: (+ bias) -> act -> (+ residual)."""
     steps = (epilogue or "").split("_")
     if bias is not None:
         y += bias
     y = _ACT[next((s for s in steps if s in _ACT), "none")](y)
     return y + residual if residual is not None else y
+
+
+def _matmul(a, b, **epilogue):
+    return _epilogue(a @ b, **epilogue)
+
+
+def _gemm(a, b, c=None, *, alpha=1.0, beta=0.0, trans_a=False, trans_b=False, **epilogue):
+    """``alpha * op(a) @ op(b) + beta * c``, then the epilogue; op() swaps the last two axes
+    (a view: the BLAS call reads the transposed layout)."""
+    y = (np.swapaxes(a, -1, -2) if trans_a else a) @ (np.swapaxes(b, -1, -2) if trans_b else b)
+    if alpha != 1:
+        y *= alpha
+    if c is not None:
+        y = y + beta * c
+    return _epilogue(y, **epilogue)
 
 
 def _attention(q, k, v, *, causal=False, scale=None):
@@ -116,9 +132,22 @@ def _chain4(xp: Any = np) -> Callable[[Any], Any]:
     return chain4
 
 
-ELEMENTWISE_PIPELINES: dict[str, Callable[[Any], Callable[..., Any]]] = {"chain4": _chain4}
-"""The elementwise pipeline cases as functions of an array module (what cupy.fuse takes:
-inside a fused function only CuPy's own ufuncs trace)."""
+def _stream_scale(xp: Any = np) -> Callable[[Any], Any]:
+    def stream_scale(x):
+        return x * STREAM_SCALAR
+    return stream_scale
+
+
+def _stream_triad(xp: Any = np) -> Callable[[Any, Any], Any]:
+    def stream_triad(x, y):
+        return x + STREAM_SCALAR * y
+    return stream_triad
+
+
+ELEMENTWISE_PIPELINES: dict[str, Callable[[Any], Callable[..., Any]]] = {
+    "chain4": _chain4, "stream_scale": _stream_scale, "stream_triad": _stream_triad}
+"""The elementwise programs as functions of an array module (what cupy.fuse takes: inside a
+fused function only CuPy's own ufuncs trace)."""
 
 
 NUMPY: dict[str, Callable[..., Any]] = {
@@ -135,10 +164,12 @@ NUMPY: dict[str, Callable[..., Any]] = {
     "layernorm": _layernorm, "rmsnorm": _rmsnorm, "matmul": _matmul,
     "flash_attention": _attention, "rope": _rope, "cross_entropy": _cross_entropy,
     "mse": lambda a, b: np.mean((a - b) ** 2), "dropout": _dropout,
-    "chain4": _chain4(np), "matmul_bias_gelu": lambda x, w, b: _gelu(x @ w + b),
+    "gemm": _gemm, "chain4": _chain4(np), "matmul_bias_gelu": lambda x, w, b: _gelu(x @ w + b),
+    "stream_scale": _stream_scale(np), "stream_add": np.add, "stream_triad": _stream_triad(np),
 }
 """NumPy's own ufunc or reduction where one exists, else the composed NumPy expression (for
-the pipeline cases: the same computation eager, one NumPy call per op)."""
+the programs: the same computation eager, one NumPy call per op; STREAM's triad so makes two
+passes)."""
 
 
 def fused(name: str, cupy: Any) -> Callable[..., Any]:
@@ -183,8 +214,9 @@ class FusedTable(Mapping):
 TSOL_UNFUSED: dict[str, Callable[..., Any]] = {
     "chain4": lambda x: tsol.tanh(tsol.add(tsol.multiply(tsol.relu(x), 2), 1)),
     "matmul_bias_gelu": lambda x, w, b: tsol.gelu(tsol.add(tsol.matmul(x, w), b)),
+    "stream_triad": lambda x, y: tsol.add(x, tsol.multiply(y, STREAM_SCALAR)),
 }
-"""The pipeline cases as separate eager TSOL calls: one kernel and one result per op."""
+"""The programs as separate eager TSOL calls: one kernel and one result per op."""
 
 
 def _torch_table() -> dict[str, Callable[..., Any]]:
@@ -210,16 +242,27 @@ def _torch_table() -> dict[str, Callable[..., Any]]:
             y = tf.gelu(y + bias) if epilogue and "gelu" in epilogue else y + bias
         return y
 
+    def gemm(a, b, c=None, *, alpha=1.0, beta=0.0, trans_a=False, trans_b=False):
+        y = (a.mT if trans_a else a) @ (b.mT if trans_b else b)
+        y = y * alpha if alpha != 1 else y
+        return y if c is None else y + beta * c
+
+    def astype(x, dtype):
+        return x.to(getattr(torch, dtypes.dtype(dtype).name), copy=True)
+
     return {"softmax": lambda x, axis=-1: torch.softmax(x, axis),
             "log_softmax": lambda x, axis=-1: torch.log_softmax(x, axis),
             "layernorm": layernorm, "rmsnorm": rmsnorm, "exp": torch.exp, "add": torch.add,
             "multiply": torch.mul, "gelu": lambda x, approximate="none": tf.gelu(
                 x, approximate=approximate), "sum": lambda x, axis=None: torch.sum(
                 x, axis) if axis is not None else torch.sum(x),
-            "flash_attention": sdpa, "matmul": matmul,
+            "flash_attention": sdpa, "matmul": matmul, "gemm": gemm, "astype": astype,
             "cross_entropy": lambda x, tgt: tf.cross_entropy(x, tgt),
             "chain4": lambda x: torch.tanh(torch.relu(x) * 2 + 1),
-            "matmul_bias_gelu": lambda x, w, b: tf.gelu(x @ w + b)}
+            "matmul_bias_gelu": lambda x, w, b: tf.gelu(x @ w + b),
+            "stream_scale": _stream_scale(), "stream_add": torch.add,
+            # torch.add's alpha scales the second operand in the same kernel: a fused triad.
+            "stream_triad": lambda x, y: torch.add(x, y, alpha=STREAM_SCALAR)}
 
 
 def _to_cupy(x: np.ndarray) -> Any:

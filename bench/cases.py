@@ -2,18 +2,47 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 import tsol
 from tsol import dtypes
 from tsol import op as tsol_op
+from tsol.errors import ArgumentError, DTypeError
 from tsol.registry import get_op
 
 M16 = 1 << 24
 SQUARE = (4096, 4096)
+GPU = ("cuda",)
+
+CPU_MAX_FLOPS = 2 * 4096 ** 3
+"""The cpu cap: products of more flops than a 4096^3 matmul (about a second of float32 BLAS
+on two cores) run on GPUs only, so that a full cpu run stays within minutes."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Check part of a large case's result: ``count`` evenly spaced indices of ``axis`` (first
+    and last included), against the float64 reference of the operands ``operands`` sliced the
+    same way. Exact where the slice of the result depends only on the slices of those
+    operands: matmul rows (axis -2 of ``a``), attention heads (axis 1 of q, k and v).
+
+    >>> Sample(axis=-2, count=3).indices(10)
+    array([0, 4, 9])
+    """
+
+    axis: int
+    count: int
+    operands: tuple[int, ...] = (0,)
+
+    def indices(self, n: int) -> np.ndarray:
+        return np.unique(np.linspace(0, n - 1, min(self.count, n)).round().astype(np.intp))
+
+    def take(self, x: Any, idx: np.ndarray) -> Any:
+        return np.take(x, idx, axis=self.axis)
 
 
 @dataclass(frozen=True)
@@ -27,7 +56,8 @@ class Case:
     attrs: tuple[tuple[str, Any], ...] = ()
     inputs: str = "x"
     """Operand recipe (``RECIPES``): 'x' one array, 'xy' two, 'x+' positive, 'xgb' x with gamma
-    and beta, 'mm' a [M, K] @ [K, N] pair for shape (M, K, N), 'qkv' three [B, H, S, D]..."""
+    and beta, 'mm' a [..., M, K] @ [..., K, N] pair for shape (..., M, K, N), 'mmT' the same
+    with b stored [..., N, K] (gemm's trans_b), 'qkv' three [B, H, S, D]..."""
     keywords: tuple[str, ...] = ()
     """Names under which the recipe's trailing arrays are passed (matmul's ``bias=``)."""
     baselines: tuple[str, ...] = ("numpy",)
@@ -38,6 +68,13 @@ class Case:
     quick_shape: tuple[int, ...] = field(default=(), compare=False)
     backends: tuple[str, ...] = ()
     """Backends the case is meant for (empty: every backend): sizes and tiles that fit one."""
+    cpu_baseline_dtype: str = ""
+    """On the cpu backend, the dtype the baselines get the case's arrays in ('': the case's
+    own). NumPy has no half-precision BLAS (its float16 matmul runs at under 1 GFLOP/s), so
+    half-type products are compared with NumPy's float32 product."""
+    sample: Sample | None = None
+    """Check only this part of the result (``Sample``): products whose full float64 host
+    reference would cost more than the run itself."""
 
     def runs_on(self, backend: str) -> bool:
         return not self.backends or backend in self.backends
@@ -50,6 +87,10 @@ class Case:
     @property
     def id(self) -> str:
         return self.id_at(self.shape)
+
+    def run_id(self, quick: bool = False) -> str:
+        """The name of the case's row: at its --quick size when ``quick``."""
+        return self.id_at(self.quick_shape) if quick and self.quick_shape else self.id
 
     def id_at(self, shape: tuple[int, ...]) -> str:
         """The case's name at ``shape`` (its --quick shape names the quick run's rows)."""
@@ -65,14 +106,21 @@ class Case:
             return rng.uniform(lo, 3.0, size=s).astype(dt)
 
         n = shape[-1]
+
+        def mm(transpose_b: bool = False) -> list[np.ndarray]:
+            *batch, m, k, n_ = shape
+            return [arr((*batch, m, k)) / 8,
+                    arr((*batch, n_, k) if transpose_b else (*batch, k, n_)) / 8]
+
         recipes = {
             "x": lambda: [arr(shape)],
             "x+": lambda: [arr(shape, positive=True)],
             "xy": lambda: [arr(shape), arr(shape)],
             "xg": lambda: [arr(shape), arr((n,))],
             "xgb": lambda: [arr(shape), arr((n,)), arr((n,))],
-            "mm": lambda: [arr(shape[:2]) / 8, arr(shape[1:]) / 8],
-            "mm+bias": lambda: [arr(shape[:2]) / 8, arr(shape[1:]) / 8, arr((n,))],
+            "mm": mm,
+            "mmT": lambda: mm(transpose_b=True),
+            "mm+bias": lambda: mm() + [arr((n,))],
             "qkv": lambda: [arr(shape), arr(shape), arr(shape)],
             "logits": lambda: [arr(shape), rng.integers(0, n, size=shape[:-1])],
         }
@@ -122,20 +170,9 @@ def _cases() -> list[Case]:
 
 
 def _ml_cases() -> list[Case]:
-    """matmul, attention, rope, losses and dropout at the sizes the CPU targets name."""
-    mm, mm_q = (2048, 2048, 2048), (96, 80, 72)
-    thin = (2048, 512, 2048)
-    attn, attn_q = (1, 8, 2048, 64), (1, 2, 96, 32)
+    """matmul and gemm, attention, rope, losses and dropout."""
     rows, rows_q = (8192, 4096), (128, 130)
-    return [
-        Case("linalg", "matmul", mm, inputs="mm", quick_shape=mm_q),
-        Case("linalg", "matmul", mm, inputs="mm", attrs=(("tile_shape", (192, 128, 256)),),
-             quick_shape=mm_q, backends=("cpu",)),
-        Case("linalg", "matmul", thin, inputs="mm+bias", keywords=("bias",),
-             attrs=(("epilogue", "bias_gelu"),), quick_shape=mm_q),
-        Case("attention", "flash_attention", attn, inputs="qkv", quick_shape=attn_q),
-        Case("attention", "flash_attention", attn, inputs="qkv", attrs=(("causal", True),),
-             quick_shape=attn_q),
+    return _linalg_cases() + _attention_cases() + [
         Case("attention", "rope", (16, 2048, 128),
              quick_shape=(2, 96, 64)),
         Case("loss", "cross_entropy", (4096, 8192), inputs="logits", quick_shape=(64, 100)),
@@ -145,25 +182,91 @@ def _ml_cases() -> list[Case]:
     ]
 
 
+LINALG_DTYPES = ("float32", "float16", "bfloat16")
+SQUARE_SIZES = tuple(1 << p for p in range(8, 15))
+"""Square products 256^3 .. 16384^3; those above ``CPU_MAX_FLOPS`` run on GPUs only."""
+ML_SHAPES = ((8192, 4096, 4096), (4096, 11008, 4096), (2048, 2048, 8192), (1024, 4096, 1024))
+"""(M, N, K) of the products in transformer layers (projections, MLP up/down, attention
+output); the case shapes spell them (M, K, N), as the 'mm' recipe takes them."""
+ML_BATCH = 8
+"""Batch of the batched ML product: ``ML_BATCH`` x (1024, 4096, 1024)."""
+
+
+def _linalg_where(shape: tuple[int, ...]) -> dict[str, Any]:
+    """``backends`` and ``sample`` of a product: every backend within the cpu cap, else GPUs
+    only, checked on 64 rows (a full float64 host reference of 16384^3 is 8.8 TFLOP)."""
+    if 2 * math.prod(shape) <= CPU_MAX_FLOPS:
+        return {}
+    return {"backends": GPU, "sample": Sample(axis=-2, count=64)}
+
+
+def _linalg_cases() -> list[Case]:
+    """Square matmul 256..16384, the ML shapes as matmul, one batched, and as gemm with
+    ``trans_b`` (a linear layer's ``x @ W^T``, W stored [N, K]), in float32, float16 and
+    bfloat16; half-type cpu baselines run NumPy in float32. Plus the CPU targets' forced-tile
+    and fused-epilogue products."""
+    mm_q, bmm_q = (96, 80, 72), (3, 40, 24, 36)
+    out: list[Case] = []
+    for dt in LINALG_DTYPES:
+        half = {"cpu_baseline_dtype": "float32"} if dt != "float32" else {}
+        shapes = [(n, n, n) for n in SQUARE_SIZES] + [(m, k, n) for m, n, k in ML_SHAPES]
+        for shape in shapes:
+            out.append(Case("linalg", "matmul", shape, dtype=dt, inputs="mm", quick_shape=mm_q,
+                            **half, **_linalg_where(shape)))
+        m, n, k = ML_SHAPES[-1]
+        out.append(Case("linalg", "matmul", (ML_BATCH, m, k, n), dtype=dt, inputs="mm",
+                        quick_shape=bmm_q, **half))
+        for m, n, k in ML_SHAPES:
+            out.append(Case("linalg", "gemm", (m, k, n), dtype=dt, inputs="mmT",
+                            attrs=(("trans_b", True),), quick_shape=mm_q, **half,
+                            **_linalg_where((m, k, n))))
+    thin = (2048, 512, 2048)
+    return out + [
+        Case("linalg", "matmul", (2048, 2048, 2048), inputs="mm",
+             attrs=(("tile_shape", (192, 128, 256)),), quick_shape=mm_q, backends=("cpu",)),
+        Case("linalg", "matmul", thin, inputs="mm+bias", keywords=("bias",),
+             attrs=(("epilogue", "bias_gelu"),), quick_shape=mm_q),
+    ]
+
+
+ATTENTION_SEQ = tuple(1 << p for p in range(9, 14))
+"""Sequence lengths 512..8192 of the GPU attention cases (the cpu ones stop at 4096)."""
+
+
+def _attention_sample(shape: tuple[int, ...]) -> Sample | None:
+    """Heads to check when the float64 reference's score matrices would pass 2 GiB."""
+    b, h, s, _ = shape
+    if b * h * s * s <= 1 << 28:
+        return None
+    return Sample(axis=1, count=max(1, (1 << 28) // (b * s * s)), operands=(0, 1, 2))
+
+
+def _attention_cases() -> list[Case]:
+    """flash_attention, causal and not: float32 [1, 8, S, 64] with S 512..4096 on every
+    backend, float16 and bfloat16 [4, 16, S, 128] with S 512..8192 on GPUs."""
+    out: list[Case] = []
+    for causal in ((), (("causal", True),)):
+        out += [Case("attention", "flash_attention", (1, 8, s, 64), inputs="qkv",
+                     attrs=causal, quick_shape=(1, 2, 96, 32))
+                for s in ATTENTION_SEQ if s <= 4096]
+        for dt in ("float16", "bfloat16"):
+            out += [Case("attention", "flash_attention", (4, 16, s, 128), dtype=dt,
+                         inputs="qkv", attrs=causal, quick_shape=(1, 2, 96, 64), backends=GPU,
+                         sample=_attention_sample((4, 16, s, 128)))
+                    for s in ATTENTION_SEQ]
+    return out
+
+
 def _gpu_cases() -> list[Case]:
-    """Sizes that fill an H100/H200: the CUDA targets' shapes where a float64 host reference
-    stays affordable (larger products are checked on the device by bench/gpu_*_check.py)."""
-    gpu = ("cuda",)
-    big, big_q = (4096, 4096, 4096), (96, 80, 72)
-    attn, attn_q = (4, 16, 2048, 128), (1, 2, 96, 64)
+    """Sizes that fill an H100/H200 beyond the series above."""
+    big_q = (96, 80, 72)
     return [
-        Case("linalg", "matmul", big, inputs="mm", quick_shape=big_q, backends=gpu),
-        Case("linalg", "matmul", big, dtype="bfloat16", inputs="mm", quick_shape=big_q,
-             backends=gpu),
-        Case("linalg", "matmul", big, dtype="bfloat16", inputs="mm+bias", keywords=("bias",),
-             attrs=(("epilogue", "bias_gelu"),), quick_shape=big_q, backends=gpu),
-        Case("attention", "flash_attention", attn, dtype="bfloat16", inputs="qkv",
-             quick_shape=attn_q, backends=gpu),
-        Case("attention", "flash_attention", attn, dtype="bfloat16", inputs="qkv",
-             attrs=(("causal", True),), quick_shape=attn_q, backends=gpu),
+        Case("linalg", "matmul", (4096, 4096, 4096), dtype="bfloat16", inputs="mm+bias",
+             keywords=("bias",), attrs=(("epilogue", "bias_gelu"),), quick_shape=big_q,
+             backends=GPU),
         Case("normalization", "layernorm", SQUARE, dtype="bfloat16", inputs="xgb",
-             quick_shape=_q(SQUARE), backends=gpu),
-        Case("softmax", "softmax", (8192, 8192), quick_shape=_q(SQUARE), backends=gpu),
+             quick_shape=_q(SQUARE), backends=GPU),
+        Case("softmax", "softmax", (8192, 8192), quick_shape=_q(SQUARE), backends=GPU),
     ]
 
 
@@ -191,6 +294,22 @@ def _matmul_bias_gelu() -> Any:
     return tsol.jit(lambda x, w, b: tsol.gelu(x @ w + b), name="matmul_bias_gelu")
 
 
+STREAM_SCALAR = 3.0
+"""The scalar ``s`` of the STREAM scale and triad kernels."""
+
+
+def _stream_scale() -> Any:
+    return tsol_op.pipeline([lambda x: x * STREAM_SCALAR], name="stream_scale")
+
+
+def _stream_add() -> Any:
+    return tsol.jit(lambda x, y: x + y, name="stream_add")
+
+
+def _stream_triad() -> Any:
+    return tsol.jit(lambda x, y: x + STREAM_SCALAR * y, name="stream_triad")
+
+
 PROGRAMS: dict[str, Program] = {
     "chain4": Program(
         _chain4, lambda x: np.tanh(np.maximum(x, 0) * 2 + 1),
@@ -199,9 +318,34 @@ PROGRAMS: dict[str, Program] = {
         _matmul_bias_gelu,
         lambda x, w, b: get_op("matmul").reference(x, w, b, None, epilogue="gelu"),
         targets=(("cpu", "tsol unfused", 1.2), ("cuda", "tsol unfused", 1.2))),
+    "stream_scale": Program(_stream_scale, lambda x: STREAM_SCALAR * x),
+    "stream_add": Program(_stream_add, lambda x, y: x + y),
+    "stream_triad": Program(_stream_triad, lambda x, y: x + STREAM_SCALAR * y),
 }
-"""The pipeline suite's programs by case op name: a 4-op elementwise chain that fuses into
-one kernel, and gelu(x @ w + b) that becomes one matmul with a bias+gelu epilogue."""
+"""Compiled programs by case op name. The pipeline suite's: a 4-op elementwise chain that
+fuses into one kernel, and gelu(x @ w + b) that becomes one matmul with a bias+gelu epilogue;
+the stream suite's scale ``s * x``, add ``x + y`` and triad ``x + s * y`` (one fused kernel)."""
+
+
+STREAM_SIZE = 1 << 26
+"""Elements of each STREAM operand: 256 MiB of float32, past every cache (an H200's L2 is
+50 MiB), as STREAM asks (operands at least 4x the last-level cache)."""
+
+
+def _stream_cases() -> list[Case]:
+    """STREAM's copy (``tsol.astype`` to the same dtype: a one-kernel copy), scale, add and
+    triad on float32; GB/s counts the inputs and the result once, so the rows measure the
+    bandwidth a single pass reaches against the copy ceiling."""
+    n, q = (STREAM_SIZE,), _q((M16,))
+    return [
+        Case("stream", "astype", n, attrs=(("dtype", "float32"),), quick_shape=q),
+        Case("stream", "stream_scale", n, quick_shape=q,
+             gpu_baselines=("cupy", "cupy.fuse", "torch")),
+        Case("stream", "stream_add", n, inputs="xy", quick_shape=q),
+        Case("stream", "stream_triad", n, inputs="xy", quick_shape=q,
+             baselines=("numpy", "tsol unfused"),
+             gpu_baselines=("cupy", "cupy.fuse", "torch", "tsol unfused")),
+    ]
 
 
 def _pipeline_cases() -> list[Case]:
@@ -220,5 +364,47 @@ def _pipeline_cases() -> list[Case]:
     ]
 
 
-CASES: list[Case] = _cases() + _gpu_cases() + _pipeline_cases()
+CASES: list[Case] = _cases() + _gpu_cases() + _pipeline_cases() + _stream_cases()
 SUITES = sorted({c.suite for c in CASES})
+DTYPES = sorted({c.dtype for c in CASES})
+
+
+def _dtype_name(name: str) -> str:
+    try:
+        return dtypes.dtype(name).name
+    except DTypeError:
+        return name
+
+
+def select(cases: list[Case], *, backend: str = "cpu", suites: Sequence[str] = (),
+           ops: Sequence[str] = (), dtypes: Sequence[str] = (), quick: bool = False
+           ) -> list[Case]:
+    """The cases that run on ``backend`` and pass every filter given (an empty filter passes
+    all): suite, op and dtype names (aliases such as 'bf16' allowed), each a list of choices.
+    With ``quick``, cases that share a name at their --quick size (a series of full sizes)
+    run once, as the first of them.
+
+    Raises ArgumentError for a suite, op or dtype that no case has, listing those that exist.
+
+    >>> [c.run_id(quick=True) for c in select(CASES, suites=["stream"], quick=True)][:2]
+    ['astype[65536,float32,dtype=float32]', 'stream_scale[65536,float32]']
+    """
+    wanted = [_dtype_name(d) for d in dtypes]
+    for kind, given, known in (("suite", suites, {c.suite for c in cases}),
+                               ("op", ops, {c.op for c in cases}),
+                               ("dtype", wanted, {c.dtype for c in cases})):
+        unknown = [g for g in given if g not in known]
+        if unknown:
+            raise ArgumentError(f"tsol-bench: no case has {kind} {unknown[0]!r}. Fix: use one "
+                                f"of {', '.join(sorted(known))}.")
+    out, seen = [], set()
+    for c in cases:
+        if (suites and c.suite not in suites or ops and c.op not in ops
+                or wanted and c.dtype not in wanted or not c.runs_on(backend)):
+            continue
+        if quick:
+            if c.run_id(quick=True) in seen:
+                continue
+            seen.add(c.run_id(quick=True))
+        out.append(c)
+    return out

@@ -1,7 +1,8 @@
 """``tsol-bench``: run the benchmark cases and print or save the results.
 
-    tsol-bench run [--suite softmax ...] [--op exp ...] [--backend cpu] [--quick] [--out r.json]
-    tsol-bench devices
+    tsol-bench run [--suite softmax ...] [--op exp ...] [--dtype bfloat16 ...] [--backend cpu]
+                   [--quick] [--out r.json]   filters repeat (any of their values) and combine
+    tsol-bench devices                        backends, devices and their measured ceilings
     tsol-bench report r.json [--out DIR]          Markdown report and PNG plots (roofline, speedups)
     tsol-bench compare old.json new.json [--threshold 5%]   regressions; exit 1 on any
 """
@@ -12,10 +13,11 @@ import argparse
 import json
 import sys
 
-from tsol.bench.cases import CASES, SUITES
+from tsol.bench.cases import CASES, DTYPES, SUITES, select
 from tsol.bench.runner import markdown_table, run
 
 from tsol import backends
+from tsol.errors import TSOLError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     p_run = sub.add_parser("run", help="run benchmark cases")
     p_run.add_argument("--suite", action="append", choices=SUITES)
     p_run.add_argument("--op", action="append")
+    p_run.add_argument("--dtype", action="append",
+                       help=f"case dtype, repeatable ({', '.join(DTYPES)}; aliases as bf16)")
     p_run.add_argument("--backend", default="cpu")
     p_run.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
     p_run.add_argument("--out", help="write the results JSON here")
@@ -46,14 +50,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "devices":
         for name in backends.BACKENDS:
             b = backends.get(name)
-            state = b.device_key() if b.available() else f"unavailable ({b.why_unavailable()})"
-            print(f"{name:<7} {state}")
+            if not b.available():
+                print(f"{name:<7} unavailable ({b.why_unavailable()})")
+                continue
+            print(f"{name:<7} {b.device_key()}")
+            ceilings = ", ".join(f"{k} {v:.1f}" for k, v in b.ceilings().items())
+            print(f"{'':<7} ceilings: {ceilings or 'none measured'}")
         return 0
 
-    cases = [c for c in CASES if (not args.suite or c.suite in args.suite)
-             and (not args.op or c.op in args.op) and c.runs_on(args.backend)]
+    try:
+        if not backends.get(args.backend).available():
+            print(f"tsol-bench: {backends.get(args.backend).why_unavailable()}", file=sys.stderr)
+            return 2
+        cases = select(CASES, backend=args.backend, suites=args.suite or (), ops=args.op or (),
+                       dtypes=args.dtype or (), quick=args.quick)
+    except TSOLError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     if not cases:
-        print("tsol-bench: no case matches the filters", file=sys.stderr)
+        given = " ".join(f"--{k} {v}" for k in ("suite", "op", "dtype")
+                         for v in getattr(args, k) or ())
+        print(f"tsol-bench: no case matches {given or 'the filters'} on backend "
+              f"{args.backend!r}. Fix: drop a filter (tsol-bench run --help lists them).",
+              file=sys.stderr)
         return 2
     doc = run(cases, backend=args.backend, quick=args.quick)
     print(markdown_table(doc))

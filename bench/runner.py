@@ -136,25 +136,40 @@ class BaselineCall(NamedTuple):
     """Whether it ran in the case's dtype (only then is its error a yardstick)."""
 
 
+def baseline_dtype(case: Case, b: Any, lib: Any) -> np.dtype | None:
+    """The dtype the library ``lib`` gets the case's arrays in on backend ``b`` when not the
+    case's own (None): the case's cpu baseline dtype, or float16 for bfloat16 arrays a library
+    cannot take."""
+    if b.name == "cpu" and case.cpu_baseline_dtype:
+        want = tsol.dtypes.dtype(case.cpu_baseline_dtype)
+        return None if want == tsol.dtypes.dtype(case.dtype) else want
+    if not lib.bfloat16 and tsol.dtypes.dtype(case.dtype) == tsol.bfloat16:
+        return tsol.dtypes.float16
+    return None
+
+
+def _cast(x: np.ndarray, src: np.dtype, dst: np.dtype) -> np.ndarray:
+    return x.astype(dst) if x.dtype == src else x
+
+
 def baseline_calls(case: Case, b: Any, args: list[Any], kwargs: dict[str, Any]
                    ) -> list[BaselineCall]:
     """The installed baselines of ``case`` on backend ``b``, each on copies of the host call
-    ``(args, kwargs)`` as its library's arrays; a library that cannot take bfloat16 gets the
-    bfloat16 arrays as float16."""
-    dts: list[Any] = []
-    map_arrays(lambda x: dts.append(x.dtype), (args, kwargs))
-    as_f16 = map_arrays(lambda x: x.astype(np.float16) if x.dtype == tsol.bfloat16 else x,
-                        (args, kwargs)) if tsol.bfloat16 in dts else None
+    ``(args, kwargs)`` as its library's arrays; arrays of the case's dtype go in the dtype of
+    ``baseline_dtype`` where it names one (the label then says which: 'cupy (float16)')."""
+    case_dt = tsol.dtypes.dtype(case.dtype)
     out = []
     for name in case.baselines if b.name == "cpu" else case.gpu_baselines:
         lib = LIBRARIES.get(name)
         if lib is None or case.op not in lib.table or not lib.installed():
             continue
-        cast = as_f16 is not None and not lib.bfloat16
+        cast = baseline_dtype(case, b, lib)
+        call = (args, kwargs) if cast is None else map_arrays(
+            functools.partial(_cast, src=case_dt, dst=cast), (args, kwargs))
         to_lib = lib.array or (lambda x: to_backend(x, b))
-        a, kw = map_arrays(to_lib, as_f16 if cast else (args, kwargs))
-        out.append(BaselineCall(f"{name} (float16)" if cast else name,
-                                functools.partial(lib.table[case.op], *a, **kw), not cast))
+        a, kw = map_arrays(to_lib, call)
+        out.append(BaselineCall(f"{name} ({cast.name})" if cast is not None else name,
+                                functools.partial(lib.table[case.op], *a, **kw), cast is None))
     return out
 
 
@@ -206,7 +221,7 @@ def run_and_check(case: Case, b: Any, got: Any, host_args: list[Any],
                   host_kwargs: dict[str, Any]) -> Checked:
     """Run each baseline once and check ``got`` against the float64 reference, the first
     baseline in the case's dtype being the yardstick. A baseline that fails is reported in its
-    entry; it never fails the row."""
+    entry; it never fails the row. A case with a ``sample`` is checked on that part only."""
     calls, failed, base_out = baseline_calls(case, b, host_args, host_kwargs), {}, {}
     for bc in calls:
         try:
@@ -215,8 +230,16 @@ def run_and_check(case: Case, b: Any, got: Any, host_args: list[Any],
             failed[bc.label] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
     yardstick = next((base_out[bc.label] for bc in calls
                       if bc.same_dtype and bc.label in base_out), None)
+    sampled = ""
+    if case.sample is not None and np.ndim(got) > 0:
+        s, n = case.sample, np.shape(got)[case.sample.axis]
+        idx = s.indices(n)
+        host_args = [s.take(a, idx) if i in s.operands else a for i, a in enumerate(host_args)]
+        got = s.take(got, idx)
+        yardstick = None if yardstick is None else s.take(np.asarray(yardstick), idx)
+        sampled = f"; checked {len(idx)} of {n} along axis {s.axis}"
     ok, detail = check(case, got, yardstick, case_reference(case, host_args, host_kwargs))
-    return Checked(calls, base_out, failed, ok, detail)
+    return Checked(calls, base_out, failed, ok, detail + sampled)
 
 
 def run_case(case: Case, backend: str = "cpu", quick: bool = False,
@@ -238,7 +261,7 @@ def run_case(case: Case, backend: str = "cpu", quick: bool = False,
     chosen = select(opdef, backend, metas, attrs)
     flops, nbytes = opdef.cost(*metas, out=meta_of(got), **attrs)
     row: dict[str, Any] = {
-        "case": case.id_at(case.quick_shape) if quick and case.quick_shape else case.id,
+        "case": case.run_id(quick),
         "suite": case.suite, "op": case.op,
         "shape": list(inputs[0].shape), "dtype": case.dtype, "attrs": case.kwargs,
         "backend": backend, "device": b.device_key(), "ok": checked.ok,
@@ -246,7 +269,7 @@ def run_case(case: Case, backend: str = "cpu", quick: bool = False,
         "config": repr(chosen[1]) if chosen else "", "flops": flops, "bytes": nbytes,
     }
     if checked.ok:
-        time_row(row, b, lambda: fn(*args, **kwargs), checked)
+        time_row(row, b, lambda: fn(*args, **kwargs), checked, quick)
     return row
 
 
@@ -267,7 +290,7 @@ def run_program_case(case: Case, backend: str = "cpu", quick: bool = False,
     checked = run_and_check(case, b, got, host_args, host_kwargs)
     schedule = compiled.executable(*args).schedule
     row: dict[str, Any] = {
-        "case": case.id_at(case.quick_shape) if quick and case.quick_shape else case.id,
+        "case": case.run_id(quick),
         "suite": case.suite, "op": case.op, "shape": list(inputs[0].shape),
         "dtype": case.dtype, "attrs": case.kwargs, "backend": backend,
         "device": b.device_key(), "ok": checked.ok, "check": checked.detail,
@@ -279,7 +302,7 @@ def run_program_case(case: Case, backend: str = "cpu", quick: bool = False,
     }
     if not checked.ok:
         return row
-    time_row(row, b, lambda: compiled(*args, **kwargs), checked)
+    time_row(row, b, lambda: compiled(*args, **kwargs), checked, quick)
     row["targets"] = {}
     for where, name, least in case.program.targets:
         if where == backend:
@@ -289,12 +312,19 @@ def run_program_case(case: Case, backend: str = "cpu", quick: bool = False,
     return row
 
 
-def time_row(row: dict[str, Any], b: Any, fn: Callable[[], Any], checked: Checked) -> None:
+QUICK_TIMING = {"min_time": 0.02, "max_repeats": 10}
+"""``time_call`` settings of a --quick run: a smoke test, whose tiny sizes measure overheads
+rather than kernels; 5 to 10 samples keep it to seconds on a loaded machine."""
+
+
+def time_row(row: dict[str, Any], b: Any, fn: Callable[[], Any], checked: Checked,
+             quick: bool = False) -> None:
     """Add the timings, rates and baseline comparisons of a checked case to its ``row``."""
     timer = b.timer()
     if b.name != "cpu":
         timer = _batched(timer, GPU_BATCH)
-    row.update(time_call(fn, timer))
+    settings = QUICK_TIMING if quick else {}
+    row.update(time_call(fn, timer, **settings))
     if b.name == "cpu":
         row["peak_bytes"] = peak_memory(fn)
     row["GBps"] = row["bytes"] / row["median_s"] / 1e9
@@ -307,7 +337,7 @@ def time_row(row: dict[str, Any], b: Any, fn: Callable[[], Any], checked: Checke
         if bc.label not in checked.results:
             continue
         try:
-            t = time_call(bc.call, timer)
+            t = time_call(bc.call, timer, **settings)
         except Exception as exc:  # noqa: BLE001 - e.g. out of memory while timing
             row["baselines"][bc.label] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
             continue
@@ -325,12 +355,14 @@ def run(cases: Iterable[Case], backend: str = "cpu", quick: bool = False,
     rows = []
     for i, case in enumerate(cases, 1):
         if progress:
-            print(f"\r[{i}/{len(cases)}] {case.id:<60}", end="", file=sys.stderr, flush=True)
+            print(f"\r[{i}/{len(cases)}] {case.run_id(quick):<60}", end="", file=sys.stderr,
+                  flush=True)
         try:
             rows.append(run_case(case, backend, quick))
         except Exception as exc:  # noqa: BLE001 - a broken case is a failure row, not a crash
-            rows.append({"case": case.id, "suite": case.suite, "op": case.op, "ok": False,
-                         "kernel": "-", "check": f"{type(exc).__name__}: {exc}"[:300]})
+            rows.append({"case": case.run_id(quick), "suite": case.suite, "op": case.op,
+                         "ok": False, "kernel": "-",
+                         "check": f"{type(exc).__name__}: {exc}"[:300]})
     if progress:
         print(file=sys.stderr)
     return {"schema_version": SCHEMA_VERSION, "date": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -1,20 +1,40 @@
 """pytest-benchmark view of the case table: ``pytest bench/ --benchmark-only``."""
 
+import functools
+import json
+import math
 import sys
+import time
 import types
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from tsol.bench import baselines, gpu_config_sweep, overhead
-from tsol.bench.baselines import BASELINES, LIBRARIES, NUMPY, FusedTable, Library, fused
-from tsol.bench.cases import CASES, PROGRAMS, Case, Program
+from tsol.bench import baselines, cli, gpu_config_sweep, overhead
+from tsol.bench.baselines import LIBRARIES, NUMPY, FusedTable, Library, fused
+from tsol.bench.cases import (
+    ATTENTION_SEQ,
+    CASES,
+    CPU_MAX_FLOPS,
+    LINALG_DTYPES,
+    ML_BATCH,
+    ML_SHAPES,
+    PROGRAMS,
+    SQUARE_SIZES,
+    STREAM_SCALAR,
+    STREAM_SIZE,
+    Case,
+    Program,
+    Sample,
+    select,
+)
 from tsol.bench.runner import (
     baseline_calls,
     case_reference,
-    check,
     map_arrays,
     markdown_table,
+    run,
+    run_and_check,
     run_case,
     to_backend,
     tsol_function,
@@ -29,17 +49,26 @@ CPU_CASES = [c for c in CASES if c.runs_on("cpu")]
 
 @pytest.mark.parametrize("case", CPU_CASES, ids=[c.id for c in CPU_CASES])
 @pytest.mark.parametrize("impl", ["tsol", "numpy"])
-def test_case(benchmark, case, impl):
-    args, kwargs = case.call_args(case.make_inputs(np.random.default_rng(0)))
-    fn = tsol_function(case) if impl == "tsol" else BASELINES[impl][case.op]
-    got = fn(*args, **kwargs)
+def test_case(benchmark, request, case, impl):
+    """Each cpu case at full size and timed under ``--benchmark-only`` (the benchmark run),
+    else at its --quick size and called once: a plain test run checks every case as the CLI
+    does, in seconds. The numpy timing is the CLI's NumPy baseline call (float32 NumPy for
+    half-type products)."""
+    quick = not request.config.getoption("benchmark_only", default=False)
+    cpu = backends.get("cpu")
+    args, kwargs = case.call_args(case.make_inputs(np.random.default_rng(0), quick=quick))
+    fn = functools.partial(tsol_function(case), *args, **kwargs)
     if impl == "tsol":
-        ref = case_reference(case, args, kwargs)
-        base = BASELINES["numpy"][case.op](*args, **kwargs)
-        ok, detail = check(case, got, base, ref)
-        assert ok, detail
-    benchmark.group = case.id
-    benchmark(fn, *args, **kwargs)
+        checked = run_and_check(case, cpu, fn(), args, kwargs)
+        assert checked.ok, checked.detail
+    else:
+        fn = next(bc.call for bc in baseline_calls(case, cpu, args, kwargs)
+                  if bc.label.startswith("numpy"))
+    benchmark.group = case.run_id(quick)
+    if quick:
+        benchmark.pedantic(fn, rounds=1, iterations=1)
+    else:
+        benchmark(fn)
 
 
 # --- the runner's array movement and baselines (no GPU: fake device arrays) -----------------
@@ -217,7 +246,8 @@ PIPELINE_CPU = [c for c in CASES if c.suite == "pipeline" and c.runs_on("cpu")]
 
 def test_pipeline_suite_covers_its_programs():
     names = {c.op for c in CASES if c.suite == "pipeline"}
-    assert names == set(PROGRAMS) == {"chain4", "matmul_bias_gelu"}
+    assert names == {"chain4", "matmul_bias_gelu"}
+    assert set(PROGRAMS) == names | {c.op for c in CASES if c.suite == "stream" and c.program}
     assert {c.op for c in PIPELINE_CPU} == names
     assert any(c.runs_on("cuda") and c.shape == (4096, 4096, 4096) for c in CASES
                if c.op == "matmul_bias_gelu")
@@ -296,7 +326,8 @@ def test_pipeline_cupy_fuse_baseline_is_built_from_the_module():
     (a NumPy ufunc inside cupy.fuse would not trace), built lazily and once."""
     fake, loads = FakeCupy(), []
     table = FusedTable(lambda: loads.append(1) or fake)
-    assert "chain4" in table and "matmul_bias_gelu" not in table and list(table) == ["chain4"]
+    assert "chain4" in table and "matmul_bias_gelu" not in table
+    assert list(table) == ["chain4", "stream_scale", "stream_triad"]
     assert loads == []                                  # no CuPy import until used
     f = table["chain4"]
     assert table["chain4"] is f and loads == [1]
@@ -348,3 +379,218 @@ def test_pipeline_overhead_row(capsys):
     out = capsys.readouterr().out
     assert f"| {overhead.PIPELINE} |" in out
     assert "compiled 3-op pipeline / single op (exp):" in out and "target <= 1.5x" in out
+
+
+# --- the case table: linalg and attention series, filters --------------------------------------
+
+def _flops(shape):
+    return 2 * math.prod(shape)
+
+
+def test_linalg_series_and_the_cpu_cap():
+    """Square 256..16384 and the ML shapes (given as (M, N, K), stored (M, K, N)) as matmul and
+    as gemm with trans_b, one batched product, in each linalg dtype; the cpu runs exactly the
+    products within the cap, and GPU-only ones are checked on sampled rows."""
+    assert SQUARE_SIZES == (256, 512, 1024, 2048, 4096, 8192, 16384)
+    mm = {(c.shape, c.dtype): c for c in CASES if c.op == "matmul" and not c.attrs}
+    gemm = {(c.shape, c.dtype): c for c in CASES if c.op == "gemm"}
+    for dt in LINALG_DTYPES:
+        for n in SQUARE_SIZES:
+            assert ((n, n, n), dt) in mm
+        for m, n, k in ML_SHAPES:
+            assert ((m, k, n), dt) in mm and gemm[(m, k, n), dt].kwargs == {"trans_b": True}
+        m, n, k = ML_SHAPES[-1]
+        assert ((ML_BATCH, m, k, n), dt) in mm
+    for c in list(mm.values()) + list(gemm.values()):
+        within = _flops(c.shape) <= CPU_MAX_FLOPS
+        assert c.runs_on("cuda") and c.runs_on("cpu") == within, c.id
+        assert (c.sample is None) == within, c.id
+        assert c.cpu_baseline_dtype == ("" if c.dtype == "float32" else "float32"), c.id
+        assert len(c.quick_shape) == len(c.shape), c.id
+    cpu_square = sorted(c.shape[0] for c in mm.values() if c.runs_on("cpu")
+                        and c.dtype == "float32" and len(set(c.shape)) == 1)
+    assert cpu_square == [256, 512, 1024, 2048, 4096]
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.suite == "linalg"],
+                         ids=[c.id for c in CASES if c.suite == "linalg"])
+def test_linalg_case_operands_fit(case):
+    """The recipe's operands at the quick size multiply into (..., M, N) for shape
+    (..., M, K, N), b stored [..., N, K] for trans_b."""
+    inputs = case.make_inputs(np.random.default_rng(0), quick=True)
+    a, b = inputs[:2]
+    *batch, m, k, n = case.quick_shape
+    assert a.shape == (*batch, m, k) and a.dtype == tsol.dtypes.dtype(case.dtype)
+    assert b.shape == ((*batch, n, k) if case.kwargs.get("trans_b") else (*batch, k, n))
+    args, kwargs = case.call_args(inputs)
+    assert getattr(tsol, case.op)(*args, **kwargs).shape == (*batch, m, n)
+
+
+def test_attention_series():
+    """Causal and not: float32 S 512..4096 everywhere, float16/bfloat16 S 512..8192 on GPUs,
+    heads sampled where the float64 scores would pass 2 GiB."""
+    attn = [c for c in CASES if c.op == "flash_attention"]
+    seqs = {}
+    for c in attn:
+        seqs.setdefault((c.dtype, c.kwargs.get("causal", False)), []).append(c.shape[2])
+    assert ATTENTION_SEQ == (512, 1024, 2048, 4096, 8192)
+    for causal in (False, True):
+        assert seqs["float32", causal] == [512, 1024, 2048, 4096]
+        assert seqs["float16", causal] == seqs["bfloat16", causal] == list(ATTENTION_SEQ)
+    for c in attn:
+        assert c.runs_on("cpu") == (c.dtype == "float32"), c.id
+        b, h, s, _ = c.shape
+        if c.sample is not None:
+            assert c.sample.axis == 1 and c.sample.operands == (0, 1, 2)
+            assert b * c.sample.count * s * s <= 1 << 28 < b * h * s * s
+        else:
+            assert b * h * s * s <= 1 << 28
+
+
+def test_select_filters_compose():
+    """--suite, --op, --dtype and the backend all apply; dtype aliases resolve; quick runs each
+    quick-size case once; unknown names raise, listing the known ones."""
+    got = select(CASES, backend="cpu", suites=["linalg"], dtypes=["bf16", "float16"])
+    assert got and {c.dtype for c in got} == {"bfloat16", "float16"}
+    assert all(c.suite == "linalg" and c.runs_on("cpu") for c in got)
+    assert len(got) == len([c for c in CASES if c.suite == "linalg" and c.runs_on("cpu")
+                            and c.dtype != "float32"])
+    gemm = select(CASES, backend="cuda", ops=["gemm"], dtypes=["float32"])
+    assert [c.shape for c in gemm] == [(m, k, n) for m, n, k in ML_SHAPES]
+    assert select(CASES, suites=["stream"], dtypes=["bfloat16"]) == []
+    quick = select(CASES, backend="cuda", quick=True)
+    names = [c.run_id(quick=True) for c in quick]
+    assert len(names) == len(set(names))
+    assert set(names) == {c.run_id(quick=True) for c in CASES if c.runs_on("cuda")}
+    for kind, bad in (("suites", ["nope"]), ("ops", ["nosuch"]), ("dtypes", ["float99"]),
+                      ("dtypes", ["int8"])):
+        with pytest.raises(tsol.errors.ArgumentError, match=f"no case has .*{bad[0]}"):
+            select(CASES, **{kind: bad})
+
+
+def test_cli_dtype_filter_and_errors(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    rc = cli.main(["run", "--quick", "--suite", "stream", "--dtype", "fp32", "--op",
+                   "stream_triad", "--op", "astype", "--out", str(out)])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    assert [r["case"] for r in doc["rows"]] == ["astype[65536,float32,dtype=float32]",
+                                                "stream_triad[65536,float32]"]
+    capsys.readouterr()
+    assert cli.main(["run", "--quick", "--dtype", "float99"]) == 2
+    assert "no case has dtype 'float99'" in capsys.readouterr().err
+    assert cli.main(["run", "--quick", "--suite", "stream", "--dtype", "bfloat16"]) == 2
+    assert "no case matches --suite stream --dtype bfloat16" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--suite", "nope"])
+
+
+# --- cpu ceilings -----------------------------------------------------------------------------
+
+def test_cpu_ceilings_measured_once(capsys):
+    b = backends.get("cpu")
+    c = b.ceilings()
+    assert set(c) == {"copy_GBps", "gemm_fp32_GFLOPs"}
+    assert all(math.isfinite(v) and v > 0 for v in c.values())
+    c["copy_GBps"] = -1.0                                # a copy: the cache stays intact
+    start = time.perf_counter()
+    again = b.ceilings()
+    assert time.perf_counter() - start < 0.01 and again["copy_GBps"] > 0
+    assert cli.main(["devices"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "ceilings:" in x)
+    assert "copy_GBps" in line and "gemm_fp32_GFLOPs" in line
+
+
+# --- the stream suite -------------------------------------------------------------------------
+
+STREAM = [c for c in CASES if c.suite == "stream"]
+
+
+def test_stream_suite_cases():
+    assert [c.op for c in STREAM] == ["astype", "stream_scale", "stream_add", "stream_triad"]
+    for c in STREAM:
+        assert c.shape == (STREAM_SIZE,) and STREAM_SIZE * 4 >= 64 << 20
+        assert c.dtype == "float32" and c.quick_shape and c.runs_on("cpu") and c.runs_on("cuda")
+
+
+@pytest.mark.parametrize("case", STREAM, ids=[c.id for c in STREAM])
+def test_stream_quick_rows_match_the_reference(case):
+    """Each STREAM kernel computes its formula (float64 truth, fresh inputs of an odd size),
+    runs as one kernel, and its row counts the inputs and the result once."""
+    seed = int(np.random.SeedSequence().entropy % 2**32)
+    print(f"seed={seed}")
+    rng = np.random.default_rng(seed)
+    x, y = (rng.uniform(-3, 3, 1001).astype(np.float32) for _ in range(2))
+    want = {"astype": x, "stream_scale": STREAM_SCALAR * x.astype(np.float64),
+            "stream_add": x.astype(np.float64) + y,
+            "stream_triad": x + STREAM_SCALAR * y.astype(np.float64)}[case.op]
+    args = [x] if case.inputs == "x" else [x, y]
+    got = tsol_function(case)(*args, **case.kwargs)
+    rtol, atol = TOLERANCES[tsol.dtypes.dtype(np.float32)]
+    assert got.dtype == np.float32 and not np.shares_memory(got, x)
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(case_reference(case, args, case.kwargs), want, rtol=1e-15)
+
+    row = run_case(case, "cpu", quick=True)
+    assert row["ok"], row["check"]
+    n = case.quick_shape[0]
+    assert row["bytes"] == 4 * n * (len(args) + 1)
+    assert row["GBps"] == pytest.approx(row["bytes"] / row["median_s"] / 1e9)
+    assert row["pct_copy_bw"] > 0 and "numpy" in row["baselines"]
+    if case.program is not None:
+        assert row["kernel_count"] == 1
+    assert row["kernel"].startswith({"astype": "astype", "stream_scale": "multiply",
+                                     "stream_add": "add",
+                                     "stream_triad": "fused_elementwise"}[case.op])
+
+
+def test_stream_wrong_program_fails(monkeypatch):
+    wrong = Program(lambda: tsol.jit(lambda x, y: x + y, name="not_triad"),
+                    PROGRAMS["stream_triad"].reference)
+    monkeypatch.setitem(PROGRAMS, "stream_triad", wrong)
+    row = run_case(next(c for c in STREAM if c.op == "stream_triad"), "cpu", quick=True)
+    assert not row["ok"] and "median_s" not in row
+
+
+def test_stream_quick_doc_has_ceilings():
+    doc = run([c for c in STREAM if c.op == "astype"], "cpu", quick=True, progress=False)
+    assert set(doc["ceilings"]) == {"copy_GBps", "gemm_fp32_GFLOPs"}
+    r = doc["rows"][0]
+    assert r["pct_copy_bw"] == pytest.approx(100 * r["GBps"] / doc["ceilings"]["copy_GBps"])
+
+
+# --- baselines in another dtype, sampled checks ----------------------------------------------
+
+def test_half_products_compare_with_float32_numpy_on_cpu():
+    case = next(c for c in CASES if c.op == "matmul" and c.dtype == "bfloat16" and
+                c.runs_on("cpu") and not c.attrs)
+    args, kwargs = case.call_args(case.make_inputs(np.random.default_rng(0), quick=True))
+    (bc,) = baseline_calls(case, backends.get("cpu"), args, kwargs)
+    assert bc.label == "numpy (float32)" and not bc.same_dtype
+    assert all(a.dtype == np.float32 for a in bc.call.args)
+    assert args[0].dtype == tsol.bfloat16                # the case's own arrays stay bfloat16
+    row = run_case(case, "cpu", quick=True)
+    assert row["ok"], row["check"]
+    assert set(row["baselines"]) == {"numpy (float32)"}
+
+
+@pytest.mark.parametrize("op", ["matmul", "flash_attention"])
+def test_sampled_check_catches_a_wrong_sampled_part(op):
+    """A sampled case checks its sampled rows/heads against the reference of the sliced
+    operands: right results pass, a wrong sampled element fails, and the detail says what was
+    checked."""
+    if op == "matmul":
+        case = Case("linalg", "matmul", (61, 37, 29), inputs="mm", sample=Sample(-2, 7))
+    else:
+        case = Case("attention", "flash_attention", (2, 5, 33, 16), inputs="qkv",
+                    attrs=(("causal", True),), sample=Sample(1, 2, (0, 1, 2)))
+    cpu = backends.get("cpu")
+    args, kwargs = case.call_args(case.make_inputs(np.random.default_rng(2)))
+    got = getattr(tsol, op)(*args, **kwargs)
+    checked = run_and_check(case, cpu, got, args, kwargs)
+    n = got.shape[case.sample.axis]
+    assert checked.ok, checked.detail
+    assert f"checked {len(case.sample.indices(n))} of {n} along axis" in checked.detail
+    bad = got.copy()
+    np.moveaxis(bad, case.sample.axis, 0)[-1] += 1.0     # the last index is always sampled
+    assert not run_and_check(case, cpu, bad, args, kwargs).ok
