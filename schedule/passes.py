@@ -7,7 +7,11 @@
   matmul/gemm with that epilogue; ``norm(x + r)`` -> the norm with ``residual=r``.
 - ``fuse``: connected elementwise ops (with broadcasting) -> one ``fused_elementwise`` node.
 - ``fuse_prologues``: an elementwise node feeding only a reduction (sum, mean, max, min over
-  trailing axes) or a softmax/log_softmax -> one ``fused_reduction`` node (``prologue.py``).
+  trailing axes), a softmax/log_softmax or a layernorm/rmsnorm -> one ``fused_reduction`` node
+  (``prologue.py``).
+- ``fuse_epilogues``: an elementwise node reading a reduction's, softmax's or norm's result
+  used by it alone (other operands broadcast to that result) -> that ``fused_reduction``'s
+  epilogue (``epilogue.py``).
 
 Buffer planning runs when the graph is lowered (``schedule.lower``), where sizes are known.
 A pass never changes what the graph computes; each rewrite checks that the node it replaces
@@ -30,7 +34,9 @@ ACTIVATIONS = {"relu": "relu", "silu": "silu"}
 """Elementwise ops (without attributes) a matmul epilogue can apply, by epilogue name."""
 
 
-def _only_user(n: Node, user: Node) -> bool:
+def only_user(n: Node, user: Node) -> bool:
+    """True when ``user`` is the one node that reads ``n`` (never for a constant: it is no
+    intermediate that fusing would save)."""
     return all(u is user for u in n.users) and n.op != CONST
 
 
@@ -131,7 +137,7 @@ def _fold_scalars(n: Node) -> Any:
     if _scalar(b) is None:
         inner, b = b, inner
     if _scalar(b) is None or not isinstance(inner, Node) or inner.op != n.op \
-            or not _only_user(inner, n):
+            or not only_user(inner, n):
         return None
     x, a = inner.inputs
     if _scalar(a) is None:
@@ -178,7 +184,7 @@ def _epilogue(n: Node) -> Any:
     matmul/gemm P used only here, into P's epilogue."""
     if n.op in ACTIVATIONS or (n.op == "gelu"):
         p = n.inputs[0]
-        if not (_plain_product(p) and _only_user(p, n)):
+        if not (_plain_product(p) and only_user(p, n)):
             return None
         ins = _product_inputs(p)
         if p.attr["epilogue"] != "none" or ins["residual"] is not None:
@@ -189,7 +195,7 @@ def _epilogue(n: Node) -> Any:
     if n.op != "add":
         return None
     for p, other in (n.inputs, n.inputs[::-1]):
-        if not (_plain_product(p) and _only_user(p, n)) or _scalar(other) is not None:
+        if not (_plain_product(p) and only_user(p, n)) or _scalar(other) is not None:
             continue
         if other.meta.dtype.kind != "f" or n.meta != p.meta:
             continue
@@ -226,7 +232,7 @@ def _scores(n: Any) -> tuple[Node, Node, float] | None:
         if _scalar(c) is None and n.op == "multiply":
             x, c = c, x
         value = _scalar(c)
-        if value is None or isinstance(value, bool) or not _only_user(x, n):
+        if value is None or isinstance(value, bool) or not only_user(x, n):
             return None
         scale = float(value) if n.op == "multiply" else 1.0 / float(value)
         n = x
@@ -249,11 +255,11 @@ def _attention(n: Node) -> Any:
     sm, v = ins["a"], ins["b"]
     if n.attr["epilogue"] != "none" or ins["bias"] is not None or ins["residual"] is not None:
         return None
-    if not (isinstance(sm, Node) and sm.op == "softmax" and _only_user(sm, n)
+    if not (isinstance(sm, Node) and sm.op == "softmax" and only_user(sm, n)
             and sm.attr["axis"] == sm.meta.ndim - 1):
         return None
     found = _scores(sm.inputs[0])
-    if found is None or not _only_user(sm.inputs[0], sm):
+    if found is None or not only_user(sm.inputs[0], sm):
         return None
     q, k, scale = found
     if not all(m.ndim == 4 for m in (q.meta, k.meta, v.meta)) or \
@@ -277,7 +283,7 @@ def _residual_norm(n: Node) -> Any:
     named = dict(zip(n.opdef.inputs, n.inputs))
     s = named["x"]
     if named["residual"] is not None or not (isinstance(s, Node) and s.op == "add"
-                                             and _only_user(s, n)):
+                                             and only_user(s, n)):
         return None
     x, r = s.inputs
     if _scalar(x) is not None or _scalar(r) is not None or \
@@ -293,7 +299,8 @@ def _residual_norm(n: Node) -> Any:
 
 # --- fuse -----------------------------------------------------------------------------------------
 
-def _fusible(n: Node) -> bool:
+def fusible(n: Node) -> bool:
+    """True for an elementwise op node of one result with every input given."""
     return (n.is_op and n.opdef.family == ELEMENTWISE and not isinstance(n.meta, list)
             and all(x is not None for x in n.inputs))
 
@@ -307,7 +314,7 @@ def elementwise_groups(graph: Graph) -> list[list[Node]]:
     group_of: dict[int, int] = {}
     groups: list[list[Node]] = []
     for n in reversed(live):
-        if not _fusible(n):
+        if not fusible(n):
             continue
         owners = {group_of.get(u.id, -1) for u in n.users}
         g = owners.pop() if len(owners) == 1 else -1
@@ -365,13 +372,15 @@ def fuse(graph: Graph) -> Graph:
     return rebuild(graph, replace) if replace else graph
 
 
-from .prologue import fuse_prologues  # noqa: E402 - it builds on the helpers above
+from .epilogue import fuse_epilogues  # noqa: E402 - these build on the helpers above
+from .prologue import fuse_prologues  # noqa: E402
 
 PASSES: list[tuple[str, Callable[[Graph], Graph]]] = [
     ("canonicalize", canonicalize),
     ("rewrite", rewrite),
     ("fuse", fuse),
     ("fuse_prologues", fuse_prologues),
+    ("fuse_epilogues", fuse_epilogues),
 ]
 """The pass pipeline, in order. ``run_passes`` applies it; ``explain`` names each step."""
 

@@ -1,5 +1,5 @@
-"""fuse_prologues: elementwise prologues into reductions and softmax, by kernel count and against
-the float64 reference; what must not fuse still runs correctly."""
+"""fuse_prologues: elementwise prologues into reductions, softmax and norms, by kernel count and
+against the float64 reference; what must not fuse still runs correctly."""
 
 import numpy as np
 import pytest
@@ -10,17 +10,9 @@ from tsol.schedule.prologue import fuse_prologues
 
 import tsol
 from tests.support import assert_close, rand
+from tsol import dtypes
 from tsol.ops.base import meta_of
-
-
-@pytest.fixture(autouse=True)
-def _prologue_pass(monkeypatch):
-    """The pipeline with fuse_prologues right after fuse (where it is not listed yet)."""
-    names = [name for name, _ in passes.PASSES]
-    if "fuse_prologues" not in names:
-        at = names.index("fuse") + 1
-        monkeypatch.setattr(passes, "PASSES", passes.PASSES[:at]
-                            + [("fuse_prologues", fuse_prologues)] + passes.PASSES[at:])
+from tsol.registry import get_op
 
 
 def optimized_ops(fn, *arrays):
@@ -73,6 +65,32 @@ def test_scaled_masked_softmax_is_one_kernel(op, ref, rng):
     assert_close(got, ref(x64 * 0.5 + mask64, axis=-1), np.float32)
 
 
+def test_layernorm_of_an_affine_prologue_is_one_kernel(rng):
+    # x * a + b fused into the norm's loop; the weight and bias applied as it stores.
+    f = tsol.jit(lambda x, a, w, bias: tsol.layernorm(x * a + 0.5, w, bias))
+    x, a = rand((5, 37), np.float32, rng), rand((37,), np.float32, rng)
+    w, bias = rand((37,), np.float32, rng), rand((37,), np.float32, rng)
+    got = f(x, a, w, bias)
+    assert f.kernel_count() == 1 and got.dtype == np.float32
+    x64, a64, w64, b64 = f64(x, a, w, bias)
+    ln = get_op("layernorm").reference
+    assert_close(got, ln(x64 * a64 + 0.5, w64, b64, eps=1e-5), np.float32, scale=3)
+    assert_close(got, tsol.layernorm(x * a + 0.5, w, bias), np.float32, scale=3, rtol_mult=2)
+
+
+def test_norm_prologue_with_a_residual_and_weights_of_another_dtype(rng):
+    # rewrite turns rmsnorm(x * 2 + r) into rmsnorm(x * 2, residual=r); the residual add joins
+    # the prologue, the float32 weight the epilogue (cast back to bfloat16 as it stores).
+    f = tsol.jit(lambda x, r, w: tsol.rmsnorm(x * 2.0 + r, w))
+    x, r = (rand((3, 33), dtypes.bfloat16, rng) for _ in range(2))
+    w = rand((33,), np.float32, rng)
+    got = f(x, r, w)
+    assert f.kernel_count() == 1 and got.dtype == dtypes.bfloat16
+    x64, r64, w64 = f64(x, r, w)
+    want = get_op("rmsnorm").reference(x64 * 2.0 + r64, w64, eps=1e-6)
+    assert_close(got, want, dtypes.bfloat16, scale=3)
+
+
 def test_mean_over_all_axes_and_keepdims(rng):
     x = rand((6, 5, 7), np.float32, rng)
     x64 = x.astype(np.float64)
@@ -98,6 +116,7 @@ def test_prologue_value_used_elsewhere_is_not_fused(rng):
     sq, lo = g(x)
     assert g.kernel_count() == 2
     assert_close(lo, (x64 * x64).min(-1), np.float32, scale=9)
+    assert optimized_ops(lambda x: (x * 2.0, tsol.rmsnorm(x * 2.0)), x) == ["multiply", "rmsnorm"]
 
 
 def test_what_does_not_fuse_still_runs(rng):

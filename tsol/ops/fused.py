@@ -487,3 +487,16 @@ def invariant_steps(plan: ProgramPlan, fixed: set[int]) -> set[int]:
                or (r[0] == "step" and r[1] in found) for r in plan.steps[j].args):
             found.add(j)
     return found
+
+
+def step_lines(plan: ProgramPlan, fixed: set[int], source: Callable[[StepPlan, ProgramPlan], str]
+               ) -> tuple[list[str], list[str]]:
+    """The lines ``y<j> = ...`` of the live steps, each by a backend's ``source(step, plan)``:
+    (the invariant ones, that read only operands in ``fixed``, constants and such steps, which
+    a kernel computes once outside its loop; the others)."""
+    invariant = invariant_steps(plan, fixed)
+    hoisted: list[str] = []
+    body: list[str] = []
+    for j in plan.live:
+        (hoisted if j in invariant else body).append(f"y{j} = {source(plan.steps[j], plan)}")
+    return hoisted, body

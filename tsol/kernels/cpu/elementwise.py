@@ -286,7 +286,7 @@ _EMPTY = np.zeros(8, np.uint8)
 _EMPTY.flags.writeable = False
 
 
-def _raw(a: np.ndarray) -> tuple[np.ndarray, int]:
+def raw_bytes(a: np.ndarray) -> tuple[np.ndarray, int]:
     """(read-only bytes from ``a``'s lowest address to its highest, element offset of a[0...])."""
     if a.flags.c_contiguous:
         raw, lo = a.reshape(-1).view(np.uint8), 0
@@ -335,7 +335,7 @@ def launch(op: str, operands: Sequence[np.ndarray], out: np.ndarray, cls: str,
     for a in operands:
         if any(s % a.itemsize for s in a.strides):
             a = np.ascontiguousarray(a)
-        raw, base = _raw(a)
+        raw, base = raw_bytes(a)
         st = [0] * (out.ndim - a.ndim) + [s // a.itemsize if n != 1 else 0
                                           for s, n in zip(a.strides, a.shape, strict=True)]
         args.append([raw, KINDS[a.dtype], base])

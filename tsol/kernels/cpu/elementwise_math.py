@@ -399,7 +399,7 @@ KINDS: dict[np.dtype, int] = {dt: i for i, dt in enumerate([
     dtypes.float32, dtypes.float64])}
 """Storage-kind code of each dtype, as kernels see it."""
 
-_STORAGE = {  # kind -> (numpy type name of the raw view, load expression of element ``u``)
+STORAGE_LOADS = {  # kind -> (numpy type name of the raw view, load expression of element ``u``)
     "bool": ("np.bool_", "u"), "int8": ("np.int8", "u"), "int16": ("np.int16", "u"),
     "int32": ("np.int32", "u"), "int64": ("np.int64", "u"), "uint8": ("np.uint8", "u"),
     "uint16": ("np.uint16", "u"), "uint32": ("np.uint32", "u"), "uint64": ("np.uint64", "u"),
@@ -408,7 +408,7 @@ _STORAGE = {  # kind -> (numpy type name of the raw view, load expression of ele
 }
 
 
-def _store_expr(kind: str, compute: str) -> str:
+def store_expr(kind: str, compute: str) -> str:
     """Expression converting compute-typed ``v`` into element ``kind``'s storage."""
     floaty = compute in ("float32", "float64")
     if kind == "bool":
@@ -427,7 +427,7 @@ def io_source(compute: np.dtype) -> str:
     """Source of the loader/storer module for one compute dtype."""
     convert, store = [], []
     for dt, code in KINDS.items():
-        view, expr = _STORAGE[dt.name]
+        view, expr = STORAGE_LOADS[dt.name]
         cond = "if" if code == 0 else "elif"
         convert.append(f"    {cond} kind == {code}:\n        sv = view_as(src, {view})\n"
                        f"        for j in range(np.uint64(m)):\n            u = sv[j]\n"
@@ -435,7 +435,7 @@ def io_source(compute: np.dtype) -> str:
         store.append(f"    {cond} kind == {code}:\n"
                      f"        dv = view_as(raw, {view})[o:o + n]\n"
                      f"        for j in range(np.uint64(n)):\n            v = res[j]\n"
-                     f"            dv[j] = {_store_expr(dt.name, compute.name)}")
+                     f"            dv[j] = {store_expr(dt.name, compute.name)}")
     sizes = tuple(dt.itemsize for dt in KINDS)
     return _IO_TEMPLATE.format(ct=f"np.{compute.name}", own=KINDS[compute], sizes=sizes,
                                convert="\n".join(convert), store="\n".join(store),

@@ -4,9 +4,9 @@ The scalar bodies are the elementwise engine's (``elementwise.BODIES``): each st
 bound to its compute class (the math names of ``elementwise.COMPUTE`` get a per-class suffix, so
 float32 and float64 steps can share one kernel) and its ``x0, x1, x2`` are replaced by the
 step's argument values, converted to that class. Operands load through the engine's storage
-table (half types as uint16 bits, ``elementwise_math._STORAGE``) and the result stores through
-its store rule (``_store_expr``); integer and bool steps are converted exactly to their dtype
-with the same rule, float steps stay in their compute type.
+table (half types as uint16 bits, ``elementwise_math.STORAGE_LOADS``) and the result stores
+through its store rule (``store_expr``); integer and bool steps are converted exactly to their
+dtype with the same rule, float steps stay in their compute type.
 
 Layout, as the elementwise engine: operands broadcast to the output's shape (0 strides), dims
 collapsed (``strides.collapse``) and padded to three ``(d0, d1, d2)``; ``prange`` runs over
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from types import ModuleType
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -33,11 +33,11 @@ from tsol.kernels.cpu.elementwise import (
     COMPUTE,
     CONFIGS,
     PARALLEL_MIN_ELEMENTS,
-    _raw,
     compute_class,
     describe_launch,
+    raw_bytes,
 )
-from tsol.kernels.cpu.elementwise_math import _STORAGE, _store_expr
+from tsol.kernels.cpu.elementwise_math import STORAGE_LOADS, store_expr
 from tsol.kernels.cpu.jit import render_template
 from tsol.kernels.cpu.scalar import storage_view
 from tsol.kernels.strides import collapse
@@ -46,8 +46,8 @@ from tsol.ops.fused import (
     ProgramPlan,
     StepPlan,
     arg_source,
-    invariant_steps,
     plan_program,
+    step_lines,
     used_inputs,
 )
 from tsol.registry import Config, kernel
@@ -64,9 +64,13 @@ def _aliases(cls: str) -> dict[str, str]:
 _BOUND = {cls: _aliases(cls) for cls in COMPUTE}
 _HELPERS = ("fmax", "fmin", "ipow", "f32_round_odd", "prefer_wide_vectors")
 """elementwise_math helpers the bodies and store rules call by name."""
+_IMPORTS = ", ".join(sorted({v for names in _BOUND.values() for v in names.values()
+                             if v.isidentifier()} | set(_HELPERS)))
+_ALIASES = "\n".join(f"{name}__{cls} = {value}" for cls, names in _BOUND.items()
+                      for name, value in names.items())
 
 
-def _bind(expr: str, cls: str) -> str:
+def bind_class(expr: str, cls: str) -> str:
     """``expr`` with its math names and ``F`` bound to class ``cls`` (``exp`` -> ``exp__f32``)."""
     names = _BOUND[cls]
     if names:
@@ -75,14 +79,37 @@ def _bind(expr: str, cls: str) -> str:
     return re.sub(r"(?<![\w.])F\(", f"F_{cls}(", expr)
 
 
-def _store(value: str, dt: np.dtype, cls: str) -> str:
+def store_source(value: str, dt: np.dtype, cls: str) -> str:
     """The engine's store rule converting ``value`` (class ``cls``) into ``dt``'s storage."""
-    return re.sub(r"\bv\b", f"({value})", _store_expr(dt.name, COMPUTE[cls][0].name))
+    return re.sub(r"\bv\b", f"({value})", store_expr(dt.name, COMPUTE[cls][0].name))
 
 
 def has_body(s: StepPlan) -> bool:
     """True when the elementwise table has the step's body for its compute class."""
     return s.body in BODIES and compute_class(s.runs_in) in BODIES[s.body].classes
+
+
+def operand_lines(plan: ProgramPlan, used: Sequence[int], modes: str, offset: str, stride: str,
+                  count: str) -> tuple[list[str], list[str]]:
+    """(lines once a block, lines per element ``j``) loading the ``used`` operands in their
+    layout ``modes`` into ``v<i>`` and computing the live steps into ``y<j>``: operand ``i``'s
+    block starts at element ``p<i> = offset`` of its raw storage ``a<i>`` and runs ``count``
+    elements of stride ``stride`` (``{i}`` stands for the operand). A unit-stride operand is
+    sliced to the block as ``w<i>``; a broadcast one, and the steps that read only such operands
+    and constants, are loaded and computed once a block."""
+    block, element = [], []
+    for i, mode in zip(used, modes, strict=True):
+        block.append(f"p{i} = {offset.format(i=i)}")
+        if mode == "c":
+            block.append(f"w{i} = a{i}[p{i}:p{i} + {count}]")
+        index = {"c": f"w{i}[j]", "b": f"a{i}[p{i}]",
+                 "s": f"a{i}[p{i} + np.int64(j) * {stride.format(i=i)}]"}[mode]
+        load = re.sub(r"\bu\b", index, STORAGE_LOADS[plan.in_dtypes[i].name][1])
+        line = f"v{i} = F_{compute_class(plan.in_dtypes[i])}({load})"
+        (block if mode == "b" else element).append(line)
+    fixed, steps = step_lines(plan, {i for i, m in zip(used, modes, strict=True) if m == "b"},
+                              step_source)
+    return block + fixed, element + steps
 
 
 def step_source(s: StepPlan, plan: ProgramPlan) -> str:
@@ -92,13 +119,13 @@ def step_source(s: StepPlan, plan: ProgramPlan) -> str:
     expr = body.int_expr if cls in INT_CLASSES and body.int_expr else body.expr
     if body.guard and cls == "f32":
         expr = f"({body.exact} if {body.guard} else {expr})"
-    expr = _bind(expr, cls)
+    expr = bind_class(expr, cls)
     args = [arg_source(plan, s, k, compute_class) for k in range(len(s.args))]
     expr = re.sub(r"\bx(\d)\b", lambda m: f"({args[int(m.group(1))]})", expr)
     hold = compute_class(s.holds_in)
     if s.dtype.kind not in "biu":
         return f"F_{hold}({expr})"
-    stored = _store(expr, s.dtype, cls)        # exactly what the unfused op would store
+    stored = store_source(expr, s.dtype, cls)        # exactly what the unfused op would store
     if s.dtype == dtypes.bool_ or s.dtype.itemsize == 8:
         return f"F_{hold}({stored})"
     return f"F_{hold}(np.{s.dtype.name}({stored}))"
@@ -146,51 +173,42 @@ def _tile_source(plan: ProgramPlan, used: Sequence[int], modes: str, out_dt: np.
              f"{ind}lo = (t - row * nck) * block", f"{ind}i0 = row // d1",
              f"{ind}i1 = row - i0 * d1", f"{ind}n = min(block, d2 - lo)",
              f"{ind}po = ob + i0 * os0 + i1 * os1 + lo", f"{ind}wo = out[po:po + n]"]
-    hoisted, loads = [], []
-    for i, mode in zip(used, modes, strict=True):
-        lines.append(f"{ind}p{i} = b{i} + i0 * st{i}_0 + i1 * st{i}_1 + lo * st{i}_2")
-        if mode == "c":
-            lines.append(f"{ind}w{i} = a{i}[p{i}:p{i} + n]")
-        index = {"c": f"w{i}[j]", "b": f"a{i}[p{i}]", "s": f"a{i}[p{i} + np.int64(j) * st{i}_2]"}
-        load = re.sub(r"\bu\b", index[mode], _STORAGE[plan.in_dtypes[i].name][1])
-        cls = compute_class(plan.in_dtypes[i])
-        (hoisted if mode == "b" else loads).append(f"v{i} = F_{cls}({load})")
-    # Steps that read only broadcast operands and constants are the same for the whole tile.
-    invariant = invariant_steps(plan, {i for i, m in zip(used, modes, strict=True) if m == "b"})
-    body = []
-    for j in plan.live:
-        line = f"y{j} = {step_source(plan.steps[j], plan)}"
-        (hoisted if j in invariant else body).append(line)
+    hoisted, body = operand_lines(plan, used, modes,
+                                  "b{i} + i0 * st{i}_0 + i1 * st{i}_1 + lo * st{i}_2", "st{i}_2",
+                                  "n")
     last = plan.steps[plan.output]
-    store = f"wo[j] = {_store(f'y{plan.output}', out_dt, compute_class(last.holds_in))}"
+    store = f"wo[j] = {store_source(f'y{plan.output}', out_dt, compute_class(last.holds_in))}"
     return "\n".join(lines + [ind + h for h in hoisted] + [f"{ind}for j in range(np.uint64(n)):"]
-                     + [inner + s for s in loads + body + [store]])
+                     + [inner + s for s in body + [store]])
 
 
 GENERATED: dict[tuple[Any, ...], ModuleType] = {}
 """Generated kernel modules by (program, operand dtypes, output dtype, layout mode)."""
 
 
-def _module(program: Program, plan: ProgramPlan, out_dt: np.dtype, modes: str) -> ModuleType:
-    key = (program.key, plan.in_dtypes, out_dt, modes)
-    module = GENERATED.get(key)
-    if module is not None:
-        return module
-    used = used_inputs(plan)
-    aliases = [f"{name}__{cls} = {value}" for cls, names in _BOUND.items()
-               for name, value in names.items()]
-    imports = sorted({v for names in _BOUND.values() for v in names.values()
-                      if v.isidentifier()} | set(_HELPERS))
-    params = "".join(f"a{i}, b{i}, st{i}_0, st{i}_1, st{i}_2, " for i in used)
-    tile = _tile_source(plan, used, modes, out_dt)
-    # generated_module names the file by a hash of its source, which holds all of the key.
-    module = render_template("fused", TEMPLATE, MODES=modes or "-",
-                             PROGRAM=str(program), IMPORTS=", ".join(imports),
-                             ALIASES="\n".join(aliases), PARAMS=params, TILE=tile)
-    if len(GENERATED) > 1024:
-        GENERATED.clear()
-    GENERATED[key] = module
+def program_module(cache: dict[tuple[Any, ...], ModuleType], key: tuple[Any, ...], family: str,
+                   template: str, subs: Callable[[], dict[str, str]]) -> ModuleType:
+    """``cache[key]``, else ``template`` rendered with ``subs()`` (called on a miss only) and
+    the ``$IMPORTS`` and ``$ALIASES`` every program's code needs, then cached (at most 1024
+    modules). ``jit.render_template`` names the module's file by a hash of its source, which
+    holds all of the key."""
+    module = cache.get(key)
+    if module is None:
+        if len(cache) >= 1024:
+            cache.clear()
+        module = cache[key] = render_template(family, template, IMPORTS=_IMPORTS,
+                                              ALIASES=_ALIASES, **subs())
     return module
+
+
+def _module(program: Program, plan: ProgramPlan, out_dt: np.dtype, modes: str) -> ModuleType:
+    def subs() -> dict[str, str]:
+        used = used_inputs(plan)
+        return {"MODES": modes or "-", "PROGRAM": str(program),
+                "PARAMS": "".join(f"a{i}, b{i}, st{i}_0, st{i}_1, st{i}_2, " for i in used),
+                "TILE": _tile_source(plan, used, modes, out_dt)}
+    return program_module(GENERATED, (program.key, plan.in_dtypes, out_dt, modes), "fused",
+                          TEMPLATE, subs)
 
 
 def _element_strides(a: np.ndarray, shape: tuple[int, ...]) -> list[int]:
@@ -221,7 +239,7 @@ def launch(arrays: Sequence[np.ndarray], out: np.ndarray, program: Program, bloc
         if any(s % a.itemsize for s in a.strides):
             a = np.ascontiguousarray(a)
         sv = storage_view(a)
-        raw, base = _raw(sv)
+        raw, base = raw_bytes(sv)
         raws.append((raw.view(sv.dtype), base))
         strides.append(_element_strides(a, shape))
     ost = [s // out.itemsize for s in out.strides]
@@ -268,4 +286,5 @@ def fused_elementwise_tiles(arrays: Sequence[np.ndarray], *, out: np.ndarray, co
     launch(arrays, out, program, config.block)
 
 
-__all__ = ["GENERATED", "launch", "step_source", "has_body"]
+__all__ = ["GENERATED", "launch", "step_source", "has_body", "bind_class", "store_source",
+           "operand_lines", "program_module"]

@@ -1,4 +1,5 @@
-"""CPU kernel of fused_reduction: one generated Numba module per program, dtypes and layout.
+"""CPU kernel of fused_reduction: one generated Numba module per program, epilogue, dtypes and
+layout.
 
 Each step's expression, the operand loads and the stores are the fused elementwise kernel's
 (``fused.step_source`` over the elementwise engine's bodies and storage table); this module
@@ -13,39 +14,53 @@ run is copied densely first.
 - sum, mean, max, min (``fold``): work items are fixed ``block``-element pieces of a row. An
   item's values go to a scratch block summed by pairwise halving (max/min: a sequential fold,
   NaN winning); the partials of a row are combined by the reduction family's fixed pairwise
-  tree (``reduction.tree``), then divided (mean) and cast into ``out``.
-- softmax, log_softmax (``softmax_rows``): one row an item, in three passes over a scratch
-  row held in cache: the program's values and their max, then ``exp(v - shift)`` summed by
-  pairwise halving, then the scaled output. Edge cases follow ``scipy.special`` as the
-  softmax family's kernels do (log_softmax shifts by 0 when the max is not finite).
+  tree (``reduction.tree``), then divided (mean) and cast into ``out``, or, with an epilogue,
+  passed to ``finish``, which applies it row by row as it stores.
+- softmax, log_softmax, layernorm, rmsnorm (``row_ops``, one compile for the four): one row
+  an item, its program's values first written to a scratch row held in cache. Softmax: the
+  max (the softmax family's ``row_max``: integer keys, so that the loop vectorizes), then
+  ``exp(v - shift)`` summed by pairwise halving, then the scaled output; edge cases
+  follow ``scipy.special`` as the softmax family's kernels do (log_softmax shifts by 0 when
+  the max is not finite). The norms: the statistics of the normalization family's CPU kernels
+  (the mean in two parts ``hi + lo``, the two-pass variance; rmsnorm the mean square), then
+  the output.
 
-Items are split into contiguous ranges over threads (``reduction.run_items``, one serial
-compile a module); an item's result never depends on the split, so the bits are the same for
-any thread count.
+The epilogue's operands use the same layout rule over the result's shape (for a fold, every
+result element is a row of one element, so they are all ``b``); its code is the program's with
+every name prefixed (``fused_reduction.epilogue_names``). The pairwise sum is the softmax
+family's ``tree_sum``. Items are split into contiguous ranges over threads
+(``reduction.run_items``, one serial compile a module); an item's result never depends on the
+split, so the bits are the same for any thread count.
 """
 
 from __future__ import annotations
 
-import re
 from types import ModuleType
 from typing import Any, Sequence
 
 import numpy as np
 
-from tsol import dtypes
-from tsol.errors import TSOLError
-from tsol.kernels.cpu.elementwise import _raw, compute_class
-from tsol.kernels.cpu.elementwise_math import _STORAGE
-from tsol.kernels.cpu.fused import _BOUND, _HELPERS, _bind, _store, has_body, step_source
-from tsol.kernels.cpu.jit import render_template
+from tsol.kernels.cpu.elementwise import compute_class, raw_bytes
+from tsol.kernels.cpu.fused import (
+    bind_class,
+    has_body,
+    operand_lines,
+    program_module,
+    store_source,
+)
 from tsol.kernels.cpu.reduction import COMBINE, run_items, tree
 from tsol.kernels.cpu.scalar import storage_view
-from tsol.ops.fused import Program, ProgramPlan, invariant_steps, plan_program, used_inputs
+from tsol.kernels.cpu.softmax import KEYS_32, KEYS_64, ROW_MAX, TREE_SUM
+from tsol.ops.fused import Program, ProgramPlan, plan_program, used_inputs
 from tsol.ops.fused_reduction import (
     ROW_OPS,
+    EpilogueCode,
     accumulator,
-    element_strides,
-    inner_stride,
+    epilogue_names,
+    epilogue_plan,
+    epilogue_rows,
+    kernel_plans,
+    row_layout,
     row_offsets,
     split_value,
 )
@@ -70,30 +85,7 @@ F_uint = np.uint64
 ACC = F_$ACC
 LANES = 16
 $ALIASES
-
-
-@kernel_jit($JIT_OPTIONS)
-def tree_sum(src, n, tmp):
-    """Sum of src[:n] by pairwise halving into ``tmp``: the order depends on n alone, each
-    level vectorizes, and the error grows with log2(n)."""
-    h = n // 2
-    total = ACC(0.0)
-    if n % 2:
-        total = src[n - 1]
-    if h == 0:
-        return total
-    for j in range(h):
-        tmp[j] = src[j] + src[j + h]
-    while h > LANES:
-        if h % 2:
-            total += tmp[h - 1]
-        h = h // 2
-        for j in range(h):
-            tmp[j] = tmp[j] + tmp[j + h]
-    for j in range(h):
-        total += tmp[j]
-    return total
-
+''' + ROW_MAX + TREE_SUM + '''
 
 @kernel_jit($JIT_OPTIONS)
 def fold(t0, t1, nb, n, block, extreme, flip, ${PARAMS}parts):
@@ -117,61 +109,91 @@ $EXTREME_BODY
             for j in range(np.uint64(m)):
 $SUM_BODY
                 buf[j] = v
-            parts[t] = tree_sum(buf, m, tmp)
+            parts[t] = tree_sum(buf, m, ACC(0.0), ACC(0.0), False, tmp)
 
 
 @kernel_jit($JIT_OPTIONS)
-def softmax_rows(r0, r1, n, log, ${PARAMS}out):
-    """(Log-)softmax of rows r0:r1 into the flat storage ``out`` (row r at r * n)."""
+def finish(r0, r1, vals, ${EPARAMS}out):
+    """The epilogue of the folded values ``vals`` of rows r0:r1, into the flat storage ``out``."""
+    for row in range(r0, r1):
+        lo = 0
+        m = 1
+$FINISH
+
+
+@kernel_jit($JIT_OPTIONS)
+def row_ops(r0, r1, n, kind, eps, ${PARAMS}${EPARAMS}out):
+    """Row op ``kind`` of rows r0:r1 into the flat storage ``out`` (row r at r * n), over the
+    program's values held in the scratch row ``buf``. Kinds 0 and 1, softmax and log_softmax:
+    the max, ``exp(v - shift)`` summed by pairwise halving, then the scaled output. Kinds 2 and 3,
+    layernorm and rmsnorm: the normalization family's statistics (the mean in two parts,
+    ``mhi`` the rounded mean and ``mlo`` the mean of v - mhi, then the two-pass variance;
+    rmsnorm the mean square), then the output."""
     prefer_wide_vectors()
     buf = np.empty(n, ACC)
-    ebuf = np.empty(n, ACC)
+    ebuf = np.empty(n if kind < 2 else 0, ACC)
     tmp = np.empty(n // 2 + 1, ACC)
     for row in range(r0, r1):
         lo = 0
         m = n
 $ROW_PRELUDE
-        mx = ACC(-np.inf)
         for j in range(np.uint64(n)):
 $ROW_BODY
             buf[j] = v
-            mx = v if v > mx or v != v else mx
+        wo = out[row * n:row * n + n]
+$ROW_EPILOGUE
+        if kind >= 2:
+            mhi = ACC(0.0)
+            mlo = ACC(0.0)
+            if kind == 2:
+                mhi = ACC(tree_sum(buf, n, mhi, mlo, False, tmp) / n)
+                mlo = ACC(tree_sum(buf, n, mhi, mlo, False, tmp) / n)
+            var = tree_sum(buf, n, mhi, mlo, True, tmp) / n
+            rstd = ACC(1.0 / math.sqrt(var + eps))
+            for j in range(np.uint64(n)):
+$STORE_NORM
+            continue
+        mx = row_max(buf, n, tmp)
         shift = mx
-        if log and not (mx > -np.inf and mx < np.inf):
+        if kind == 1 and not (mx > -np.inf and mx < np.inf):
             shift = ACC(0.0)
         for j in range(np.uint64(n)):
             ebuf[j] = $EXP
-        total = tree_sum(ebuf, n, tmp)
-        wo = out[row * n:row * n + n]
-        if log:
+        total = tree_sum(ebuf, n, ACC(0.0), ACC(0.0), False, tmp)
+        if kind == 1:
             lse = ACC(math.log(total))
             for j in range(np.uint64(n)):
-                wo[j] = $STORE_LOG
+$STORE_LOG
         else:
             inv = ACC(1.0) / total
             for j in range(np.uint64(n)):
-                wo[j] = $STORE_EXP
+$STORE_EXP
 '''
 
 
 def _value_source(plan: ProgramPlan, used: Sequence[int], modes: str
                   ) -> tuple[list[str], list[str]]:
     """(per-item prelude, per-element body): the body leaves the value in ``y<output>``."""
-    prelude, body = [], []
-    for i, mode in zip(used, modes, strict=True):
-        prelude.append(f"p{i} = o{i}[row] + lo * s{i}")
-        if mode == "c":
-            prelude.append(f"w{i} = a{i}[p{i}:p{i} + m]")
-        index = {"c": f"w{i}[j]", "b": f"a{i}[p{i}]", "s": f"a{i}[p{i} + np.int64(j) * s{i}]"}
-        load = re.sub(r"\bu\b", index[mode], _STORAGE[plan.in_dtypes[i].name][1])
-        line = f"v{i} = F_{compute_class(plan.in_dtypes[i])}({load})"
-        (prelude if mode == "b" else body).append(line)
-    # Steps that read only row-constant operands and constants are computed once an item.
-    invariant = invariant_steps(plan, {i for i, m in zip(used, modes, strict=True) if m == "b"})
-    for j in plan.live:
-        line = f"y{j} = {step_source(plan.steps[j], plan)}"
-        (prelude if j in invariant else body).append(line)
-    return prelude, body
+    return operand_lines(plan, used, modes, "o{i}[row] + lo * s{i}", "s{i}", "m")
+
+
+class Epilogue(EpilogueCode):
+    """``EpilogueCode`` with this backend's code."""
+
+    __slots__ = ()
+
+    def source(self, value: str, target: str, out_dt: np.dtype, acc: str
+               ) -> tuple[list[str], list[str]]:
+        """(per-row prelude, per-element lines) storing the epilogue of ``value`` (the
+        result, in class ``acc``) into ``target``."""
+        if self.plan is None:
+            return [], [f"{target} = {store_source(value, out_dt, acc)}"]
+        prelude, body = _value_source(self.plan, self.used, self.modes)
+        last = self.plan.steps[self.plan.output]
+        cls = compute_class(last.holds_in)
+        store = f"{target} = {store_source(f'y{self.plan.output}', out_dt, cls)}"
+        return ([epilogue_names(s) for s in prelude],
+                [f"ev0 = {value}"] + [epilogue_names(s) for s in body + [store]])
 
 
 def _indent(lines: Sequence[str], n: int) -> str:
@@ -179,36 +201,39 @@ def _indent(lines: Sequence[str], n: int) -> str:
 
 
 GENERATED: dict[tuple[Any, ...], ModuleType] = {}
-"""Generated kernel modules by (program, operand dtypes, value dtype, layout modes)."""
+"""Generated kernel modules by (program, operand dtypes, value dtype, layout modes, epilogue
+key, result dtype)."""
 
 
-def _module(program: Program, plan: ProgramPlan, vdt: np.dtype, modes: str) -> ModuleType:
-    key = (program.key, plan.in_dtypes, vdt, modes)
-    module = GENERATED.get(key)
-    if module is not None:
-        return module
-    used = used_inputs(plan)
-    acc = compute_class(accumulator(vdt))
-    prelude, body = _value_source(plan, used, modes)
-    v = f"F_{acc}(y{plan.output})"        # the value in the accumulator's class
-    aliases = [f"{name}__{cls} = {value}" for cls, names in _BOUND.items()
-               for name, value in names.items()]
-    imports = sorted({v for names in _BOUND.values() for v in names.values()
-                      if v.isidentifier()} | set(_HELPERS))
-    params = "".join(f"a{i}, o{i}, s{i}, " for i in used)
-    module = render_template(
-        "fused_reduction", TEMPLATE, MODES=modes or "-", ACC=acc, PROGRAM=str(program),
-        IMPORTS=", ".join(imports), ALIASES="\n".join(aliases), PARAMS=params,
-        FOLD_PRELUDE=_indent(prelude, 8), SUM_BODY=_indent(body + [f"v = {v}"], 16),
-        EXTREME_BODY=_indent(body + [f"v = flip * {v}"], 16),
-        ROW_PRELUDE=_indent(prelude, 8), ROW_BODY=_indent(body + [f"v = {v}"], 12),
-        EXP=_bind("exp(buf[j] - shift)", acc),
-        STORE_LOG=_store("(buf[j] - shift) - lse", vdt, acc),
-        STORE_EXP=_store("ebuf[j] * inv", vdt, acc))
-    if len(GENERATED) > 1024:
-        GENERATED.clear()
-    GENERATED[key] = module
-    return module
+def _module(program: Program, plan: ProgramPlan, vdt: np.dtype, modes: str, ep: Epilogue,
+            out_dt: np.dtype) -> ModuleType:
+    def subs() -> dict[str, str]:
+        used = used_inputs(plan)
+        acc = compute_class(accumulator(vdt))
+        prelude, body = _value_source(plan, used, modes)
+        v = f"F_{acc}(y{plan.output})"        # the value in the accumulator's class
+        row_pre, row_exp = ep.source("ebuf[j] * inv", "wo[j]", out_dt, acc)
+        keys = KEYS_64 if acc == "f64" else KEYS_32
+        text = {"MODES": modes or "-", "ACC": acc, "CT": "ACC", **keys, "PROGRAM": str(program),
+                "PARAMS": "".join(f"a{i}, o{i}, s{i}, " for i in used),
+                "EPARAMS": "".join(epilogue_names(f"a{i}, o{i}, s{i}, ") for i in ep.used),
+                "FOLD_PRELUDE": _indent(prelude, 8),
+                "SUM_BODY": _indent(body + [f"v = {v}"], 16),
+                "EXTREME_BODY": _indent(body + [f"v = flip * {v}"], 16),
+                "ROW_PRELUDE": _indent(prelude, 8), "ROW_BODY": _indent(body + [f"v = {v}"], 12),
+                "EXP": bind_class("exp(buf[j] - shift)", acc), "ROW_EPILOGUE": _indent(row_pre, 8),
+                "STORE_EXP": _indent(row_exp, 16),
+                "STORE_LOG": _indent(ep.source("(buf[j] - shift) - lse", "wo[j]", out_dt,
+                                               acc)[1], 16),
+                "STORE_NORM": _indent(ep.source("((buf[j] - mhi) - mlo) * rstd", "wo[j]",
+                                                out_dt, acc)[1], 16)}
+        if ep.program is not None:
+            text["PROGRAM"] += f"\n\nepilogue:\n{ep.program}"
+        pre, lines = ep.source("vals[row]", "out[row]", out_dt, acc)
+        text["FINISH"] = _indent(pre + lines, 8)
+        return text
+    key = (program.key, plan.in_dtypes, vdt, modes, ep.key, out_dt)
+    return program_module(GENERATED, key, "fused_reduction", TEMPLATE, subs)
 
 
 def _operands(arrays: Sequence[np.ndarray], used: Sequence[int], shape: tuple[int, ...],
@@ -219,23 +244,20 @@ def _operands(arrays: Sequence[np.ndarray], used: Sequence[int], shape: tuple[in
     modes = ""
     n = int(np.prod(shape[nkept:], dtype=np.int64))
     for i in used:
-        a = arrays[i]
-        st = element_strides(shape, a.shape, a.strides, a.itemsize)
-        inner = None if st is None else inner_stride(shape[nkept:], st[nkept:])
-        if inner is None:          # reduced dims not one run: read a dense copy
-            a = np.ascontiguousarray(np.broadcast_to(a, shape))
-            st = element_strides(shape, a.shape, a.strides, a.itemsize)
-            inner = inner_stride(shape[nkept:], st[nkept:])
-        raw, base = _raw(storage_view(a))
+        a, st, inner = row_layout(arrays[i], shape, nkept,
+                                  lambda a: np.ascontiguousarray(np.broadcast_to(a, shape)))
+        raw, base = raw_bytes(storage_view(a))
         args += [raw.view(storage_view(a).dtype), row_offsets(shape[:nkept], st[:nkept], base),
                  inner]
         modes += "b" if inner == 0 or n == 1 else "c" if inner == 1 else "s"
     return args, modes
 
 
-def launch(arrays: Sequence[np.ndarray], out: np.ndarray, program: Program, reduce: str,
-           axis: tuple[int, ...], block: int) -> None:
-    """Reduce ``program``'s value over ``arrays`` into ``out`` (C-contiguous)."""
+def launch(arrays: Sequence[np.ndarray], extras: Sequence[np.ndarray] | None, out: np.ndarray,
+           program: Program, reduce: str, axis: tuple[int, ...], block: int,
+           eps: float | None = None, epilogue: Program | None = None) -> None:
+    """Reduce ``program``'s value over ``arrays`` into ``out`` (C-contiguous), through
+    ``epilogue`` over the result and ``extras`` when given."""
     plan = plan_program(program, [a.dtype for a in arrays])
     vdt = plan.steps[plan.output].dtype
     shape = tuple(np.broadcast_shapes(*[a.shape for a in arrays]))
@@ -244,19 +266,39 @@ def launch(arrays: Sequence[np.ndarray], out: np.ndarray, program: Program, redu
     n = int(np.prod(red, dtype=np.int64))
     if rows == 0 or out.size == 0:
         return
-    if n == 0:                    # max/min never get here (the meta rule raises)
+    if n == 0 and epilogue is None:       # max/min never get here (the meta rule raises)
         out.fill(np.nan if reduce == "mean" else 0)
         return
     used = used_inputs(plan)
     args, modes = _operands(arrays, used, shape, len(kept))
-    module = _module(program, plan, vdt, modes)
+    ep, eargs = Epilogue(), []
+    if epilogue is not None:
+        extras = list(extras or ())
+        eplan, eused = epilogue_plan(epilogue, vdt, extras)
+        eargs, emodes = _operands([None, *extras], eused, tuple(out.shape),
+                                  epilogue_rows(reduce, kept, out.shape))
+        ep = Epilogue(epilogue, eplan, eused, emodes)
+    module = _module(program, plan, vdt, modes, ep, out.dtype)
     acc = accumulator(vdt)
+    target = storage_view(out).reshape(-1)
     if reduce in ROW_OPS:
-        target = storage_view(out).reshape(-1)
-        log = reduce == "log_softmax"
-        run_items(lambda r0, r1: module.softmax_rows(r0, r1, n, log, *args, target), rows,
-                  rows * n)
+        kind = ROW_OPS.index(reduce)
+        run_items(lambda r0, r1: module.row_ops(r0, r1, n, kind, float(eps or 0.0), *args,
+                                                *eargs, target), rows, rows * n)
         return
+    if n == 0:
+        vals = np.full(rows, np.nan if reduce == "mean" else 0, acc)
+    else:
+        vals = _fold(module, args, reduce, rows, n, block, acc)
+    if epilogue is None:
+        out.reshape(-1)[...] = vals        # float32 results beyond float16 become inf
+    else:
+        run_items(lambda r0, r1: module.finish(r0, r1, vals, *eargs, target), rows, rows)
+
+
+def _fold(module: ModuleType, args: list[Any], reduce: str, rows: int, n: int, block: int,
+          acc: np.dtype) -> np.ndarray:
+    """The folded value of each row, in the accumulator dtype."""
     nb = -(-n // block)
     parts = np.empty(rows * nb, acc)
     extreme = reduce in ("max", "min")
@@ -269,7 +311,7 @@ def launch(arrays: Sequence[np.ndarray], out: np.ndarray, program: Program, redu
             vals = np.negative(vals)
         elif reduce == "mean":
             vals = vals / acc.type(n)
-        out.reshape(-1)[...] = vals        # float32 results beyond float16 become inf
+    return vals
 
 
 # --- registration ----------------------------------------------------------------------------
@@ -280,20 +322,17 @@ one config: tuning never changes a result."""
 
 
 def _supports(metas: Sequence[Any], attrs: dict[str, Any]) -> bool:
-    try:
-        plan = plan_program(attrs["program"], [m.dtype for m in metas])
-    except TSOLError:
-        return False
-    return plan.steps[plan.output].dtype in dtypes.FLOATS and \
-        all(has_body(plan.steps[j]) for j in plan.live)
+    plans = kernel_plans(metas, attrs)
+    return bool(plans) and all(has_body(p.steps[j]) for p in plans for j in p.live)
 
 
 # alias_ok=False: a broadcast operand may be read again after rows of out are written.
 @kernel("fused_reduction", backend="cpu", configs=CONFIGS, supports=_supports, alias_ok=False)
-def fused_reduction_rows(arrays: Sequence[np.ndarray], *, out: np.ndarray, config: Config,
-                         program: Program, reduce: str, axis: tuple[int, ...],
-                         keepdims: bool) -> None:
-    launch(arrays, out, program, reduce, axis, config.block)
+def fused_reduction_rows(arrays: Sequence[np.ndarray], extras: Sequence[np.ndarray] | None, *,
+                         out: np.ndarray, config: Config, program: Program, reduce: str,
+                         axis: tuple[int, ...], keepdims: bool, eps: float | None,
+                         epilogue: Program | None) -> None:
+    launch(arrays, extras, out, program, reduce, axis, config.block, eps, epilogue)
 
 
 __all__ = ["GENERATED", "launch"]

@@ -87,7 +87,7 @@ def compute_class(dt: Any) -> str:
     return UINT if dt == dtypes.uint64 else INT
 
 
-_F = {F32: "np.float32", F64: "np.float64", INT: "np.int64", UINT: "np.uint64"}
+CLASS_TYPES = {F32: "np.float32", F64: "np.float64", INT: "np.int64", UINT: "np.uint64"}
 
 TEMPLATE = '''
 def {name}({params}out):
@@ -114,7 +114,7 @@ UNROLLED = '''
 '''
 
 
-def _load(j: int, dt: np.dtype, idx: str) -> str:
+def load_source(j: int, dt: np.dtype, idx: str) -> str:
     src = f"a{j}[{idx}]"
     if dt == dtypes.bfloat16:
         return f"F(gpu.load_bf16({src}))"
@@ -123,7 +123,7 @@ def _load(j: int, dt: np.dtype, idx: str) -> str:
     return f"F({src})"
 
 
-def _store(expr: str, dt: np.dtype) -> str:
+def store_source(expr: str, dt: np.dtype) -> str:
     if dt == dtypes.bfloat16:
         return f"gpu.store_bf16(np.float32({expr}))"
     if dt == dtypes.float16:
@@ -141,8 +141,8 @@ def _unrolled(loads: list[str], expr: str, out_dt: np.dtype) -> str:
             line = re.sub(r"\[i\]", f"[k{u}]", line)
             body.append(re.sub(r"\bx(\d)\b", rf"x\1_{u}", line))
     for u in range(UNROLL):
-        body.append(f"        out[k{u}] = " + _store(re.sub(r"\bx(\d)\b", rf"x\1_{u}", expr),
-                                                       out_dt))
+        value = re.sub(r"\bx(\d)\b", rf"x\1_{u}", expr)
+        body.append(f"        out[k{u}] = " + store_source(value, out_dt))
     return UNROLLED.format(last=UNROLL - 1, count=UNROLL, body="\n".join(body))
 
 
@@ -173,7 +173,7 @@ def _kernel_for(op: str, cls: str, in_dts: Sequence[np.dtype], out_dt: np.dtype,
         idx = {"flat": "i", "scalar": "0", "strided": "i0, i1, i2, i3"}[mode]
         if mode == "scalar" and strided:
             idx = "0, 0, 0, 0"
-        load = _load(j, dt, idx)
+        load = load_source(j, dt, idx)
         if op == "where" and j == 0:          # the truth of the condition, not its value
             raw = f"gpu.load_bf16(a0[{idx}])" if dt == dtypes.bfloat16 else f"a0[{idx}]"
             load = f"F(1 if {raw} != 0 else 0)"
@@ -183,9 +183,10 @@ def _kernel_for(op: str, cls: str, in_dts: Sequence[np.dtype], out_dt: np.dtype,
     name = "ew_" + tag.replace("-", "m")
     unrolled = "" if strided else _unrolled(loads, expr, out_dt)
     source = TEMPLATE.format(name=name, params=params, setup=setup, index=index,
-                             body="\n".join(loads), oidx=oidx, store=_store(expr, out_dt),
+                             body="\n".join(loads), oidx=oidx, store=store_source(expr, out_dt),
                              unrolled=unrolled)
-    namespace: dict[str, Any] = {"gpu": gpu, "np": np, "math": math, "F": eval(_F[cls], {"np": np}),
+    namespace: dict[str, Any] = {"gpu": gpu, "np": np, "math": math,
+                                 "F": eval(CLASS_TYPES[cls], {"np": np}),
                                  "fmax": fmax, "fmin": fmin, "ipow": ipow, "fpow": fpow}
     exec(compile(source, f"<tsol.kernels.cuda.elementwise:{name}>", "exec"), namespace)
     fn = namespace[name]
@@ -283,7 +284,7 @@ def _register(op: str, class_of: str, dts: Any) -> None:
 
     impl.__name__ = impl.__qualname__ = f"{op}_cuda"
     kernel(op, backend="cuda", dtypes=dts, configs=CONFIGS, heuristic=_heuristic,
-           launch=describe_launch)(impl)
+           launch=describe_launch, replays=True)(impl)
 
 
 for _op in ("exp", "log", "sqrt", "rsqrt", "sin", "cos", "tanh", "sigmoid", "silu"):
@@ -296,7 +297,8 @@ for _op in ("equal", "not_equal", "less", "less_equal", "greater", "greater_equa
     _register(_op, "inputs", dtypes.ALL)
 
 
-@kernel("gelu", backend="cuda", dtypes=dtypes.FLOATS, configs=CONFIGS, heuristic=_heuristic)
+@kernel("gelu", backend="cuda", dtypes=dtypes.FLOATS, configs=CONFIGS, heuristic=_heuristic,
+        replays=True)
 def gelu_cuda(x: Any, *, out: Any, config: Config, approximate: str) -> None:
     launch("gelu_tanh" if approximate == "tanh" else "gelu", (x,), out,
            compute_class(out.dtype), config.block)

@@ -2,11 +2,11 @@
 layout mode.
 
 The scalar bodies, loads and stores are the elementwise engine's (``elementwise.BODIES``,
-``_load``, ``_store``, ``fmax``/``fmin``/``ipow``/``fpow``): each step's body gets its compute
-class's constructor for ``F`` (``F_f32``...), so float32, float64 and integer steps mix in one
-kernel, and its ``x0, x1, x2`` are replaced by the step's argument values converted to that
-class. Integer and bool steps are converted exactly to their dtype with the engine's store
-rule; float steps stay in their compute type until the final store.
+``load_source``, ``store_source``, ``fmax``/``fmin``/``ipow``/``fpow``): each step's body gets
+its compute class's constructor for ``F`` (``F_f32``...), so float32, float64 and integer steps
+mix in one kernel, and its ``x0, x1, x2`` are replaced by the step's argument values converted
+to that class. Integer and bool steps are converted exactly to their dtype with the engine's
+store rule; float steps stay in their compute type until the final store.
 
 Layout modes, as the engine's: ``flat`` when every operand is C-contiguous with the output's
 shape or a single element (loaded once a thread, with the steps that read only such operands),
@@ -27,16 +27,14 @@ import numpy as np
 from tsol.errors import ArgumentError, TSOLError, op_error
 from tsol.kernels.cuda import gpu
 from tsol.kernels.cuda.elementwise import (
-    _F,
     BODIES,
+    CLASS_TYPES,
     CONFIGS,
     INT,
     TEMPLATE,
     UINT,
     UNROLL,
     UNROLLED,
-    _load,
-    _store,
     compute_class,
     describe_launch,
     fmax,
@@ -44,14 +42,16 @@ from tsol.kernels.cuda.elementwise import (
     fpow,
     grid_stride_launch,
     ipow,
+    load_source,
+    store_source,
 )
 from tsol.ops.fused import (
     Program,
     ProgramPlan,
     StepPlan,
     arg_source,
-    invariant_steps,
     plan_program,
+    step_lines,
     used_inputs,
 )
 from tsol.registry import Config, kernel
@@ -72,7 +72,7 @@ def step_source(s: StepPlan, plan: ProgramPlan) -> str:
     hold = compute_class(s.holds_in)
     if s.dtype.kind not in "biu":
         return f"F_{hold}({expr})"
-    return f"F_{hold}({_store(expr, s.dtype)})"      # exactly what the unfused op stores
+    return f"F_{hold}({store_source(expr, s.dtype)})"    # exactly what the unfused op stores
 
 
 def _unrolled(body: list[str], store: str, names: set[str]) -> str:
@@ -98,18 +98,15 @@ def source(plan: ProgramPlan, name: str, in_dts: Sequence[np.dtype], out_dt: np.
     fixed, loads, hoisted = set(), [], []
     for i, dt, mode in zip(used, in_dts, modes, strict=True):
         idx = {"flat": "i", "scalar": "0", "strided": "i0, i1, i2, i3"}[mode]
-        line = f"v{i} = " + _bind(_load(i, dt, idx), compute_class(dt))
+        line = f"v{i} = " + _bind(load_source(i, dt, idx), compute_class(dt))
         if mode == "scalar":
             fixed.add(i)
             hoisted.append(line)
         else:
             loads.append(line)
-    steps = []
-    invariant = invariant_steps(plan, fixed)
-    for j in plan.live:
-        line = f"y{j} = {step_source(plan.steps[j], plan)}"
-        (hoisted if j in invariant else steps).append(line)
-    store = _store(f"y{plan.output}", out_dt)
+    invariant, steps = step_lines(plan, fixed, step_source)
+    hoisted += invariant
+    store = store_source(f"y{plan.output}", out_dt)
     body = ["        " + line for line in loads + steps]
     setup = ["    " + line for line in hoisted]
     if strided:
@@ -128,8 +125,10 @@ def source(plan: ProgramPlan, name: str, in_dts: Sequence[np.dtype], out_dt: np.
 GENERATED: dict[tuple[Any, ...], gpu.Kernel] = {}
 """Generated kernels by (program, operand dtypes, output dtype, layout modes)."""
 
-_NAMESPACE = {"gpu": gpu, "np": np, "math": math, "fmax": fmax, "fmin": fmin, "ipow": ipow,
-              "fpow": fpow, **{f"F_{cls}": getattr(np, t.split(".")[1]) for cls, t in _F.items()}}
+NAMESPACE = {"gpu": gpu, "np": np, "math": math, "fmax": fmax, "fmin": fmin, "ipow": ipow,
+             "fpow": fpow, **{f"F_{cls}": getattr(np, t.split(".")[1])
+                              for cls, t in CLASS_TYPES.items()}}
+"""Globals of generated program code: the math helpers and the class constructors ``F_<cls>``."""
 
 
 def _kernel_for(program: Program, plan: ProgramPlan, in_dts: Sequence[np.dtype],
@@ -142,7 +141,7 @@ def _kernel_for(program: Program, plan: ProgramPlan, in_dts: Sequence[np.dtype],
     # The name carries a hash of the source: it keys the on-disk cubin cache.
     name = "fused_" + hashlib.sha256(text.encode()).hexdigest()[:16]
     text = text.replace("KERNEL", name, 1)
-    namespace = dict(_NAMESPACE)
+    namespace = dict(NAMESPACE)
     header = "\n".join("# " + line for line in str(program).splitlines())
     exec(compile(header + text, f"<tsol.kernels.cuda.fused:{name}>", "exec"), namespace)
     fn = namespace[name]
@@ -201,4 +200,4 @@ def fused_elementwise_cuda(arrays: Sequence[Any], *, out: Any, config: Config,
     launch(arrays, out, program, config.block)
 
 
-__all__ = ["GENERATED", "launch", "source", "step_source"]
+__all__ = ["GENERATED", "NAMESPACE", "launch", "source", "step_source"]
