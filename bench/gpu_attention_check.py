@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 import traceback
 from typing import Any, Callable
 
 import numpy as np
-from tsol.bench.gpu_common import check_case, print_compiled, timed
+from tsol.bench.gpu_common import check_case, host_overhead, print_compiled, timed
 
 from tsol.registry import get_op
 
@@ -198,24 +197,13 @@ def main() -> None:
         except Exception:  # noqa: BLE001
             print(f"{name:<40} ERROR\n{traceback.format_exc()}", flush=True)
 
-    try:
+    def overhead_cases() -> list[tuple[str, Callable[[], Any]]]:
         x = cp.asarray(host((1, 8, 64, 128), bf16))
         q = cp.asarray(host((1, 8, 64, 128), bf16))
-        for name, fn in (("rope bf16 [1, 8, 64, 128]", lambda: tsol.rope(x)),
-                         ("flash_attention bf16 [1, 8, 64, 128]",
-                          lambda: tsol.flash_attention(q, q, q)),
-                         ("cupy copy [1, 8, 64, 128]", lambda: x.copy())):
-            for _ in range(20):
-                fn()
-            cp.cuda.Device().synchronize()
-            t0 = time.perf_counter()
-            for _ in range(200):
-                fn()
-            cp.cuda.Device().synchronize()
-            print(f"host overhead {name:<40} {(time.perf_counter() - t0) / 200 * 1e6:7.1f} "
-                  "us/call")
-    except Exception:  # noqa: BLE001
-        print(traceback.format_exc())
+        return [("rope bf16 [1, 8, 64, 128]", lambda: tsol.rope(x)),
+                ("flash_attention bf16 [1, 8, 64, 128]", lambda: tsol.flash_attention(q, q, q)),
+                ("cupy copy [1, 8, 64, 128]", lambda: x.copy())]
+    host_overhead(overhead_cases, 40)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """Helpers shared by the GPU check scripts (``bench/gpu_*_check.py``): the correctness-case
-runner, CuPy event timing and the register/spill report of the kernels a script compiled."""
+runner, CuPy event timing, the host-overhead loop and the register/spill report of the kernels
+a script compiled."""
 
 from __future__ import annotations
 
 import time
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -50,22 +51,49 @@ def check_case(name: str, fn: Callable[[], tuple[Any, Any, Any, float]], allowed
         print(f"{name:<{width}} ERROR\n{traceback.format_exc()}", flush=True)
 
 
-def timed(fn: Callable[[], Any], reps: int = 10) -> float:
-    """Median seconds of ``fn`` over ``reps`` calls, each between two CUDA events, after three
-    warm-up calls."""
+def timed(fn: Callable[[], Any], reps: int = 10, *, batch: int = 1, warmup: int = 3) -> float:
+    """Median seconds of one call of ``fn``: ``reps`` samples of ``batch`` back-to-back calls
+    (so that host launch work overlaps the previous call's kernels), each sample between two
+    CUDA events, after ``warmup`` calls."""
     import cupy as cp
-    for _ in range(3):
+    for _ in range(warmup):
         fn()
     cp.cuda.Device().synchronize()
     times = []
     for _ in range(reps):
         start, stop = cp.cuda.Event(), cp.cuda.Event()
         start.record()
-        fn()
+        for _ in range(batch):
+            fn()
         stop.record()
         stop.synchronize()
-        times.append(cp.cuda.get_elapsed_time(start, stop) / 1e3)
+        times.append(cp.cuda.get_elapsed_time(start, stop) / 1e3 / batch)
     return float(np.median(times))
+
+
+def host_us(fn: Callable[[], Any], calls: int = 200, warmup: int = 20) -> float:
+    """Microseconds of one call of ``fn`` on the host clock: ``calls`` calls after ``warmup``,
+    between two device synchronizations (on small operands the launch path dominates)."""
+    import cupy as cp
+    for _ in range(warmup):
+        fn()
+    cp.cuda.Device().synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    cp.cuda.Device().synchronize()
+    return (time.perf_counter() - t0) / calls * 1e6
+
+
+def host_overhead(cases: Callable[[], Sequence[tuple[str, Callable[[], Any]]]],
+                  width: int) -> None:
+    """Print ``host_us`` of each ``(name, fn)`` that ``cases()`` makes; an exception prints
+    its traceback (the script goes on)."""
+    try:
+        for name, fn in cases():
+            print(f"host overhead {name:<{width}} {host_us(fn):7.1f} us/call")
+    except Exception:  # noqa: BLE001 - report and keep going
+        print(traceback.format_exc())
 
 
 def print_compiled(kernels: Any) -> None:

@@ -3,11 +3,12 @@
     python bench/gpu_config_sweep.py [--quick] [--op softmax ...] [--shape 4096x4096 ...]
                                      [--dtype float32 ...]
 
-For softmax, log_softmax, layernorm, rmsnorm, cross_entropy and sum at sizes that fill the GPU, each config of
-the op's first cuda kernel runs (forced through the selection hook), is checked against the
-float64 reference and timed with device events over batches of calls; the table gives GB/s and
-the share of the measured copy bandwidth, the heuristic's pick marked with '*'. Until the
-schedule layer tunes on its own, this is how a heuristic's default is chosen by measurement.
+For softmax, log_softmax, layernorm, rmsnorm, cross_entropy and sum at sizes that fill the GPU,
+each config of the op's first cuda kernel runs (forced through the selection hook), is checked
+against the float64 reference and timed with device events over batches of calls; the table
+gives GB/s and the share of the measured copy bandwidth, the heuristic's pick marked with '*'.
+Until the schedule layer tunes on its own, this is how a heuristic's default is chosen by
+measurement.
 """
 
 from __future__ import annotations

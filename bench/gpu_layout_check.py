@@ -19,7 +19,7 @@ import sys
 import traceback
 from typing import Any, Callable
 
-import numpy as np
+from tsol.bench import gpu_common
 
 BATCH = 10
 SAMPLES = 7
@@ -35,19 +35,7 @@ def main() -> None:
 
     def timed(fn: Callable[[], Any]) -> float:
         """Seconds a call: median over SAMPLES batches of BATCH calls, after warm-up."""
-        for _ in range(2):
-            fn()
-        cp.cuda.get_current_stream().synchronize()
-        times = []
-        for _ in range(SAMPLES):
-            start, stop = cp.cuda.Event(), cp.cuda.Event()
-            start.record()
-            for _ in range(BATCH):
-                fn()
-            stop.record()
-            stop.synchronize()
-            times.append(cp.cuda.get_elapsed_time(start, stop) / 1e3 / BATCH)
-        return float(np.median(times))
+        return gpu_common.timed(fn, SAMPLES, batch=BATCH, warmup=2)
 
     try:
         ceiling = tsol.backends.get("cuda").ceilings()["copy_GBps"]

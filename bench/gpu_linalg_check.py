@@ -1,8 +1,9 @@
 """GPU check of the CUDA matmul/gemm kernels: correctness of each path, then speed vs cuBLAS.
 
-Run on a machine with a CUDA GPU: ``python3 bench/gpu_linalg_check.py`` (``--quick`` skips
-the 8192^3 timings). Every case catches its own exception and prints it, so one run reports
-everything. Prints three tables:
+Run on a machine with a CUDA GPU: ``python3 bench/gpu_linalg_check.py`` (``--quick`` skips the
+8192^3 timings, ``--speed`` the correctness and register tables). Every case catches its own
+exception and prints it, so one run reports everything.
+Prints three tables:
 
 1. correctness: each kernel path (SIMT float64/float32, tensor-core float16/bfloat16 with
    cp.async or plain-load staging, epilogues, gemm flags, batches, odd sizes) against a float64
@@ -18,12 +19,11 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 import traceback
 from typing import Any, Callable
 
 import numpy as np
-from tsol.bench.gpu_common import check_case, print_compiled, timed
+from tsol.bench.gpu_common import check_case, host_overhead, print_compiled, timed
 
 
 def allowed(rtol: float, atol: float, want: np.ndarray, k: float) -> np.ndarray:
@@ -35,48 +35,13 @@ def case(name: str, fn: Callable[[], tuple[Any, Any, Any, int]]) -> None:
     check_case(name, fn, allowed, width=52)
 
 
-def main() -> None:
+def correctness(case: Callable[..., None], mm_case: Callable[..., Any], host: Callable[..., Any],
+                dev: Callable[..., Any], ref64: Callable[..., Any]) -> None:
+    """Table 1 (each kernel path against float64 CuPy) and table 2 (registers, spills)."""
     import cupy as cp
 
     import tsol
     from tsol import dtypes
-
-    quick = "--quick" in sys.argv
-    rng = np.random.default_rng(0)
-
-    def host(shape: tuple[int, ...], dt: Any) -> np.ndarray:
-        return rng.uniform(-3, 3, shape).astype(dt)
-
-    def dev(x: np.ndarray) -> Any:
-        return cp.asarray(x)
-
-    def ref64(x: np.ndarray) -> Any:
-        return cp.asarray(x.astype(np.float64))
-
-    def mm_case(M: int, N: int, K: int, dt: Any, **attrs: Any) -> Callable[[], Any]:
-        def fn() -> Any:
-            a, b = host((M, K), dt), host((K, N), dt)
-            want = ref64(a) @ ref64(b)
-            kw = dict(attrs)
-            if "bias" in kw:
-                bias = host((N,), np.float32)
-                kw["bias"] = dev(bias)
-                want = want + ref64(bias)
-            act = (kw.get("epilogue") or "none").replace("bias_", "").replace("_residual", "")
-            if act == "relu":
-                want = cp.maximum(want, 0)
-            elif act == "gelu":
-                from cupyx.scipy.special import erf
-                want = 0.5 * want * (1 + erf(want / math.sqrt(2)))
-            elif act == "silu":
-                want = want / (1 + cp.exp(-want))
-            if "residual" in kw:
-                res = host((M, N), dt)
-                kw["residual"] = dev(res)
-                want = want + ref64(res)
-            return tsol.matmul(dev(a), dev(b), **kw), want, dt, K
-        return fn
-
     print("== correctness (vs float64 CuPy) ==")
     bf16, f16 = dtypes.bfloat16, np.float16
     case("simt f64 1000x1031x999", mm_case(1000, 1031, 999, np.float64,
@@ -127,6 +92,55 @@ def main() -> None:
     from tsol.kernels.cuda import linalg
     print_compiled(linalg._kernels.values())
 
+
+
+def main() -> None:
+    import cupy as cp
+
+    import tsol
+    from tsol import dtypes
+
+    quick = "--quick" in sys.argv
+    speed_only = "--speed" in sys.argv
+    rng = np.random.default_rng(0)
+
+    def host(shape: tuple[int, ...], dt: Any) -> np.ndarray:
+        return rng.uniform(-3, 3, shape).astype(dt)
+
+    def dev(x: np.ndarray) -> Any:
+        return cp.asarray(x)
+
+    def ref64(x: np.ndarray) -> Any:
+        return cp.asarray(x.astype(np.float64))
+
+    def mm_case(M: int, N: int, K: int, dt: Any, **attrs: Any) -> Callable[[], Any]:
+        def fn() -> Any:
+            a, b = host((M, K), dt), host((K, N), dt)
+            want = ref64(a) @ ref64(b)
+            kw = dict(attrs)
+            if "bias" in kw:
+                bias = host((N,), np.float32)
+                kw["bias"] = dev(bias)
+                want = want + ref64(bias)
+            act = (kw.get("epilogue") or "none").replace("bias_", "").replace("_residual", "")
+            if act == "relu":
+                want = cp.maximum(want, 0)
+            elif act == "gelu":
+                from cupyx.scipy.special import erf
+                want = 0.5 * want * (1 + erf(want / math.sqrt(2)))
+            elif act == "silu":
+                want = want / (1 + cp.exp(-want))
+            if "residual" in kw:
+                res = host((M, N), dt)
+                kw["residual"] = dev(res)
+                want = want + ref64(res)
+            return tsol.matmul(dev(a), dev(b), **kw), want, dt, K
+        return fn
+
+    bf16, f16 = dtypes.bfloat16, np.float16
+    if not speed_only:
+        correctness(case, mm_case, host, dev, ref64)
+
     print("\n== speed (median of 10, CUDA events) ==")
 
     def speed(name: str, n: int, dt: Any, vendor_dt: Any, **attrs: Any) -> None:
@@ -152,25 +166,14 @@ def main() -> None:
         speed("bf16 8192^3 mma", 8192, bf16, f16)
         speed("bf16 8192^3 mma tile (128,256,32)", 8192, bf16, f16, tile_shape=(128, 256, 32))
 
-    try:
+    def overhead_cases() -> list[tuple[str, Callable[[], Any]]]:
         a = cp.asarray(host((64, 64), np.float32))
         ah = cp.asarray(host((64, 64), bf16))
-        for name, fn in (("tsol f32 64^3 (cuBLAS path)", lambda: tsol.matmul(a, a)),
-                         ("tsol f32 64^3 relu (ours)", lambda: tsol.matmul(a, a,
-                                                                           epilogue="relu")),
-                         ("tsol bf16 64^3 (ours)", lambda: tsol.matmul(ah, ah)),
-                         ("cupy.matmul f32 64^3", lambda: cp.matmul(a, a))):
-            for _ in range(20):
-                fn()
-            cp.cuda.Device().synchronize()
-            t0 = time.perf_counter()
-            for _ in range(200):
-                fn()
-            cp.cuda.Device().synchronize()
-            print(f"host overhead {name:<32} {(time.perf_counter() - t0) / 200 * 1e6:7.1f} us"
-                  "/call")
-    except Exception:  # noqa: BLE001
-        print(traceback.format_exc())
+        return [("tsol f32 64^3 (cuBLAS path)", lambda: tsol.matmul(a, a)),
+                ("tsol f32 64^3 relu (ours)", lambda: tsol.matmul(a, a, epilogue="relu")),
+                ("tsol bf16 64^3 (ours)", lambda: tsol.matmul(ah, ah)),
+                ("cupy.matmul f32 64^3", lambda: cp.matmul(a, a))]
+    host_overhead(overhead_cases, 32)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Run on a machine with a CUDA GPU: ``python3 bench/gpu_schedule_check.py`` (``--quick``: small
 sizes only). Prints one table: each case's result against a float64 CuPy reference (``ok``
-when within the float32 tolerance), then the median over 10 batches of back-to-back calls (CUDA events):
+when within the float32 tolerance), then the median over 10 batches of back-to-back calls
+(CUDA events):
 
 - chain: ``tanh(relu(x) * 2 + 1)`` on 16M float32 as ``op.pipeline`` (one fused kernel)
   against CuPy eager, ``cupy.fuse`` and PyTorch eager, in GB/s (input + output);
@@ -15,31 +16,22 @@ when within the float32 tolerance), then the median over 10 batches of back-to-b
 from __future__ import annotations
 
 import sys
-import time
 
-from tsol.bench.gpu_common import timed
+from tsol.bench import gpu_common
 from tsol.bench.runner import GPU_BATCH
 
 import tsol
 from tsol import op
 
 
-def host_us(fn, n: int = 300) -> float:
-    import cupy as cp
-    for _ in range(10):
-        fn()
-    cp.cuda.Device().synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    cp.cuda.Device().synchronize()
-    return (time.perf_counter() - t0) / n * 1e6
+def host_us(fn) -> float:
+    return gpu_common.host_us(fn, 300, warmup=10)
 
 
 def batched(fn) -> float:
     """Median seconds a call over batches of GPU_BATCH back-to-back calls (CUDA events): the
     device time, without a lone call's launch latency."""
-    return timed(lambda: [fn() for _ in range(GPU_BATCH)]) / GPU_BATCH
+    return gpu_common.timed(fn, batch=GPU_BATCH, warmup=3 * GPU_BATCH)
 
 
 def main(argv: list[str]) -> int:

@@ -74,6 +74,10 @@ class Kernel:
     allocates: bool = False
     """``impl(*operands, config=config, **attrs)`` returns its result (a view of an operand, as
     NumPy gives for transpose or slicing) instead of writing ``out``."""
+    replays: bool = False
+    """What ``impl`` does on the device depends on its operands' layout and attrs alone (no host
+    check of their values, no work after its launches): a backend may record one call's launches
+    and replay them, with other data pointers, for later calls of the same signature."""
     source_file: str = ""
     launch: Callable[[Sequence[Any], dict[str, Any], Config], str] | None = None
     """``launch(metas, attrs, config)``: the launch geometry in words, for ``explain()``."""
@@ -130,7 +134,7 @@ def register_op(opdef: OpDef) -> OpDef:
 def kernel(op: str, *, backend: str, dtypes: Iterable[Any] | None = None,
            configs: Sequence[Config] = (DEFAULT_CONFIG,), supports: Callable | None = None,
            heuristic: Callable | None = None, vendor: str | None = None, priority: int = 0,
-           alias_ok: bool = True, allocates: bool = False,
+           alias_ok: bool = True, allocates: bool = False, replays: bool = False,
            name: str | None = None, launch: Callable | None = None) -> Callable:
     """Decorator registering ``impl`` as a kernel of ``op`` on ``backend``; returns ``impl``."""
 
@@ -139,7 +143,7 @@ def kernel(op: str, *, backend: str, dtypes: Iterable[Any] | None = None,
                    dtypes=None if dtypes is None else frozenset(np.dtype(d) for d in dtypes),
                    configs=tuple(configs), supports=supports, heuristic=heuristic,
                    vendor=vendor, priority=priority, alias_ok=alias_ok,
-                   allocates=allocates, launch=launch,
+                   allocates=allocates, replays=replays, launch=launch,
                    source_file=inspect.getsourcefile(impl) or "")
         KERNELS.setdefault((op, backend), []).append(k)
         return impl

@@ -84,7 +84,7 @@ def test_register_path_fits_the_register_file():
                 T, B, K = planned
                 for res in (None, dt):
                     dts = normalization._Dtypes(dt, res, dt, None if rms else dt, dt)
-                    k = normalization._row_kernel(dts, acc, rms, T, B, K)
+                    k = normalization._row_kernel(dts, acc, rms, T, B, K, n == T * K)
                     argtypes = [arr] * (3 + (not rms) + (res is not None)) \
                         + [gpu.numba_type(int)] * 2 + [gpu.numba_type(float)]
                     used = gpu.registers(k, argtypes)

@@ -2,8 +2,6 @@
 arrays, float and integer dtypes, lines split over several blocks, multi-warp groups and column
 trees, views, NaN and ties, special values, ddof, out= and repeatability."""
 
-import math
-
 import numpy as np
 import pytest
 
@@ -19,43 +17,12 @@ from tests.cuda.support import (
     to_device,
     to_host,
 )
+from tests.ops.test_reduction import EXACT, OPS, inputs, result_dtype, tolerance
 from tests.support import rand, reference, views
 from tsol import dtypes
 from tsol.registry import Config
 
 pytestmark = [*CUDA_TESTS, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
-
-OPS = ["sum", "mean", "max", "min", "prod", "var", "std", "argmax", "argmin", "logsumexp"]
-EXACT = {"max", "min", "argmax", "argmin"}
-
-
-def inputs(op, shape, dt, rng):
-    if op == "prod" and np.dtype(dt) in dtypes.FLOATS:
-        return rand(shape, dt, rng, low=0.9, high=1.1)
-    if op == "logsumexp":
-        return rand(shape, dt, rng, low=-30.0, high=30.0)
-    return rand(shape, dt, rng)
-
-
-def result_dtype(op, dt):
-    dt = np.dtype(dt)
-    if op in ("argmax", "argmin"):
-        return dtypes.int64
-    if op in ("sum", "prod") and dt.kind in "biu":
-        return dtypes.uint64 if dt.kind == "u" else dtypes.int64
-    if op in ("mean", "var", "std") and dt.kind in "biu":
-        return dtypes.float64
-    return dt
-
-
-def tolerance(op, x, axis):
-    axes = range(x.ndim) if axis is None else [a % x.ndim for a in np.atleast_1d(axis)]
-    n = max(1, math.prod(x.shape[a] for a in axes))
-    big = float(np.nanmax(np.abs(x.astype(np.float64)))) if x.size else 1.0
-    big = big if np.isfinite(big) else 1.0
-    return {"sum": {"scale": math.sqrt(n) * big}, "mean": {"scale": big / math.sqrt(n)},
-            "var": {"scale": big * big}, "std": {"scale": big},
-            "prod": {"rtol_mult": math.sqrt(n)}}.get(op, {})
 
 
 def check_red(op, x, axis=None, keepdims=False, **attrs):

@@ -51,7 +51,9 @@ def test_residual_layernorm_and_matmul_epilogue(rng):
     assert_close(got, ln(x.astype(np.float64) + r, None, None, eps=1e-5), np.float32)
     want = get_op("matmul").reference(x.astype(np.float64), w.astype(np.float64),
                                       b.astype(np.float64), None, epilogue="gelu")
-    assert_close(got2, want, np.float32, scale=n ** 0.5)
+    # float32 sums of n unit-size products: rounding grows like sqrt(n) times the partial
+    # sums' size (a few units), as in bench/gpu_linalg_check.py
+    assert_close(got2, want, np.float32, scale=4 * n ** 0.5)
 
 
 def test_attention_module_is_one_kernel(rng):

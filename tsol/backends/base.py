@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 
 class Backend:
@@ -67,6 +67,13 @@ class Backend:
     def scalar_array(self, value: Any, dtype: Any) -> Any:
         """A Python scalar operand as a 0-d array of ``dtype`` that kernels only read."""
         return self.array_module().asarray(value, dtype=dtype)
+
+    def replayer(self) -> Callable[[Sequence[Any], Callable[[], Any]], None] | None:
+        """A recorder for one call signature of a ``replays`` kernel, or None (no replay here):
+        ``rec(arrays, run)`` calls ``run()`` the first time, recording its launches, and later
+        replays them with the data pointers of ``arrays`` (the operands and the output, in the
+        same order each time)."""
+        return None
 
     def synchronize(self) -> None:
         """Wait for queued work; a no-op on synchronous backends."""

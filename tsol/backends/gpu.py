@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from tsol.backends.base import Backend
 
@@ -113,6 +113,11 @@ class CUDABackend(_LazyGPUBackend):
                 self._scalars.clear()
             a = self._scalars[key] = cupy.asarray(value, dtype=dtype)
         return a
+
+    def replayer(self) -> Callable[[Sequence[Any], Callable[[], Any]], None] | None:
+        from tsol.kernels.cuda import replay
+        replays = replay.Replays(limit=1)
+        return lambda arrays, run: replays.run(None, arrays, run)
 
     def array_module(self) -> Any:
         if cuda_simulator():

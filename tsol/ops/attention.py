@@ -17,7 +17,7 @@ import tsol
 from tsol import dtypes
 from tsol.errors import ArgumentError, DTypeError, ShapeError, op_error
 from tsol.ops.base import Meta, defop
-from tsol.ops.rules import require_dtypes, require_float
+from tsol.ops.rules import broadcasts_to, require_dtypes, require_float
 
 __all__ = ["flash_attention", "scaled_dot_product_attention", "rope"]
 
@@ -266,11 +266,7 @@ def _rope_meta(x: Meta, positions: Meta | None, *, theta: float) -> Meta:
                            operands)
         require_dtypes(op, [positions], dtypes.INTEGERS, "an integer dtype for positions")
         lead = x.shape[:-1]
-        try:
-            ok = np.broadcast_shapes(positions.shape, lead) == lead
-        except ValueError:
-            ok = False
-        if not ok:
+        if not broadcasts_to(positions.shape, lead):
             raise op_error(ShapeError, op, f"positions {positions.shape} do not broadcast to "
                            f"x.shape[:-1] = {lead}", "pass positions of shape [S] or "
                            "x.shape[:-1] (or broadcastable to it)", operands)

@@ -266,9 +266,11 @@ def _needs_private_out(out: Any, arrays: Sequence[Any], alias_ok: bool,
 
 class _Plan:
     """What a call's signature decided, reused by later calls with the same signature: where
-    each operand comes from, the scalar dtypes, the normalized attrs, result meta and kernel."""
+    each operand comes from, the scalar dtypes, the normalized attrs, result meta and kernel;
+    ``replay``: the backend's recorder of the kernel's launches (``Kernel.replays``), or None."""
 
-    __slots__ = ("sources", "scalar_dtypes", "attrs", "shape", "dtype", "kern", "cfg", "b")
+    __slots__ = ("sources", "scalar_dtypes", "attrs", "shape", "dtype", "kern", "cfg", "b",
+                 "replay")
 
     def __init__(self, **fields: Any) -> None:
         for k, v in fields.items():
@@ -350,7 +352,13 @@ def _run_plan(plan: _Plan, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     target = plan.b.empty(plan.shape, plan.dtype)
     if config.get().poison_outputs:
         _poison(target)
-    plan.kern.impl(*arrays, out=target, config=plan.cfg, **plan.attrs)
+    if plan.replay is not None:
+        present = [a for a in arrays if a is not None]       # absent optional inputs
+        present.append(target)
+        plan.replay(present, lambda: plan.kern.impl(*arrays, out=target, config=plan.cfg,
+                                                    **plan.attrs))
+    else:
+        plan.kern.impl(*arrays, out=target, config=plan.cfg, **plan.attrs)
     return target
 
 
@@ -379,8 +387,12 @@ def _remember(opdef: OpDef, site: tuple[Any, Sequence[Any], dict[str, Any]], b: 
         shape, dtype = result_meta.shape, result_meta.dtype
     if len(_plans) > 4096:
         _plans.clear()
+    # A replay relocates the pointers of arrays: no operand may be a sequence of them.
+    replays = kern.replays and not kern.allocates and not any(
+        isinstance(x, tuple) for x in operands)
     _plans[key] = _Plan(sources=sources, scalar_dtypes=scalar_dtypes, attrs=dict(attrs),
-                        shape=shape, dtype=dtype, kern=kern, cfg=cfg, b=b)
+                        shape=shape, dtype=dtype, kern=kern, cfg=cfg, b=b,
+                        replay=b.replayer() if replays else None)
 
 
 def _foreign_call(opdef: OpDef, b: backends.Backend, operands: list[Any],

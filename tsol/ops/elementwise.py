@@ -518,7 +518,13 @@ def minimum(x1, x2, *, out=None):
 # Comparisons: broadcast and promote like add (so int32 vs float32 compares in float64), and
 # return bool. NaN compares unequal to everything.
 
-@_op("x1", "x2", meta=_compare_meta("equal"), ref=np.equal, vjp=NON_DIFFERENTIABLE, flops=1)
+def _compare(ref: np.ufunc) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The op decorator of the comparison named like its NumPy reference ``ref``."""
+    return _op("x1", "x2", meta=_compare_meta(ref.__name__), ref=ref, vjp=NON_DIFFERENTIABLE,
+               flops=1)
+
+
+@_compare(np.equal)
 def equal(x1, x2, *, out=None):
     """Elementwise ``x1 == x2`` as bool, broadcasting and promoting like ``add``.
 
@@ -528,8 +534,7 @@ def equal(x1, x2, *, out=None):
     """
 
 
-@_op("x1", "x2", meta=_compare_meta("not_equal"), ref=np.not_equal, vjp=NON_DIFFERENTIABLE,
-     flops=1)
+@_compare(np.not_equal)
 def not_equal(x1, x2, *, out=None):
     """Elementwise ``x1 != x2`` as bool, broadcasting and promoting like ``add``.
 
@@ -539,7 +544,7 @@ def not_equal(x1, x2, *, out=None):
     """
 
 
-@_op("x1", "x2", meta=_compare_meta("less"), ref=np.less, vjp=NON_DIFFERENTIABLE, flops=1)
+@_compare(np.less)
 def less(x1, x2, *, out=None):
     """Elementwise ``x1 < x2`` as bool, broadcasting and promoting like ``add``.
 
@@ -549,8 +554,7 @@ def less(x1, x2, *, out=None):
     """
 
 
-@_op("x1", "x2", meta=_compare_meta("less_equal"), ref=np.less_equal, vjp=NON_DIFFERENTIABLE,
-     flops=1)
+@_compare(np.less_equal)
 def less_equal(x1, x2, *, out=None):
     """Elementwise ``x1 <= x2`` as bool, broadcasting and promoting like ``add``.
 
@@ -560,8 +564,7 @@ def less_equal(x1, x2, *, out=None):
     """
 
 
-@_op("x1", "x2", meta=_compare_meta("greater"), ref=np.greater, vjp=NON_DIFFERENTIABLE,
-     flops=1)
+@_compare(np.greater)
 def greater(x1, x2, *, out=None):
     """Elementwise ``x1 > x2`` as bool, broadcasting and promoting like ``add``.
 
@@ -571,8 +574,7 @@ def greater(x1, x2, *, out=None):
     """
 
 
-@_op("x1", "x2", meta=_compare_meta("greater_equal"), ref=np.greater_equal,
-     vjp=NON_DIFFERENTIABLE, flops=1)
+@_compare(np.greater_equal)
 def greater_equal(x1, x2, *, out=None):
     """Elementwise ``x1 >= x2`` as bool, broadcasting and promoting like ``add``.
 

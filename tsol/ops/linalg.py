@@ -30,7 +30,7 @@ import scipy.special
 import tsol
 from tsol.errors import ArgumentError, ShapeError, op_error
 from tsol.ops.base import Meta, defop, op_named, promote
-from tsol.ops.rules import require_float, sum_to_shape
+from tsol.ops.rules import broadcasts_to, require_float, sum_to_shape
 from tsol.registry import get_op
 
 __all__ = ["matmul", "gemm"]
@@ -140,11 +140,7 @@ def _check_epilogue_operand(op: str, name: str, m: Meta | None, shape: tuple[int
     if m is None:
         return
     require_float(op, m)
-    try:
-        fits = np.broadcast_shapes(m.shape, shape) == shape
-    except ValueError:
-        fits = False
-    if not fits:
+    if not broadcasts_to(m.shape, shape):
         raise op_error(ShapeError, op, f"{name} of shape {m.shape} does not broadcast to the "
                        f"result shape {shape}", f"pass a {name} broadcastable to {shape} "
                        f"(a bias is usually ({shape[-1] if shape else 1},))", metas)

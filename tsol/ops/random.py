@@ -96,15 +96,22 @@ def _u53(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 _HALF_BITS = {dtypes.float16: 11, dtypes.bfloat16: 8}
 
 
-def _uniform_ref(*, shape: Any, seed: int, offset: int = 0, dtype: Any = dtypes.float32,
-                 low: float = 0.0, high: float = 1.0) -> np.ndarray:
+def _generated(shape: Any, seed: int, offset: int, dtype: Any
+               ) -> tuple[tuple[int, ...], np.dtype, np.ndarray, np.ndarray]:
+    """(shape, dtype, counter words, slots) of a generated array: E = 2 values a counter for
+    float64, 4 for the others."""
     shape, dt = _shape_tuple(shape), np.dtype(dtype)
     size = int(np.prod(shape, dtype=np.int64))
+    words, s = _stream(seed, offset, size, 2 if dt == dtypes.float64 else 4)
+    return shape, dt, words, s
+
+
+def _uniform_ref(*, shape: Any, seed: int, offset: int = 0, dtype: Any = dtypes.float32,
+                 low: float = 0.0, high: float = 1.0) -> np.ndarray:
+    shape, dt, words, s = _generated(shape, seed, offset, dtype)
     if dt == dtypes.float64:
-        words, s = _stream(seed, offset, size, 2)
         u = _u53(_pick(words, 2 * s), _pick(words, 2 * s + 1))
     else:
-        words, s = _stream(seed, offset, size, 4)
         bits = _HALF_BITS.get(dt, 24)
         u = (_pick(words, s) >> (32 - bits)).astype(np.float64) * 2.0 ** -bits
     return (low + (high - low) * u).reshape(shape)
@@ -112,14 +119,11 @@ def _uniform_ref(*, shape: Any, seed: int, offset: int = 0, dtype: Any = dtypes.
 
 def _normal_ref(*, shape: Any, seed: int, offset: int = 0, dtype: Any = dtypes.float32,
                 mean: float = 0.0, std: float = 1.0) -> np.ndarray:
-    shape, dt = _shape_tuple(shape), np.dtype(dtype)
-    size = int(np.prod(shape, dtype=np.int64))
+    shape, dt, words, s = _generated(shape, seed, offset, dtype)
     if dt == dtypes.float64:
-        words, s = _stream(seed, offset, size, 2)
         u1 = _u53(words[:, 0], words[:, 1]) + 2.0 ** -53
         u2 = _u53(words[:, 2], words[:, 3])
     else:
-        words, s = _stream(seed, offset, size, 4)
         pair = 2 * (s // 2)
         u1 = _u24(_pick(words, pair)) + 2.0 ** -24
         u2 = _u24(_pick(words, pair + 1))

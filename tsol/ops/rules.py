@@ -62,6 +62,14 @@ def broadcast_shapes(op: str, *metas: Meta) -> tuple[int, ...]:
                        metas) from None
 
 
+def broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    """Whether ``shape`` broadcasts to ``target`` itself (not to a larger shape)."""
+    try:
+        return tuple(np.broadcast_shapes(shape, target)) == tuple(target)
+    except ValueError:
+        return False
+
+
 def sum_to_shape(g: Any, shape: tuple[int, ...]) -> Any:
     """Reduce a broadcast cotangent ``g`` back to an operand's ``shape`` (VJP helper)."""
     import tsol

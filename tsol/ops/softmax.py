@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -11,19 +11,6 @@ from tsol.ops.base import Meta, defop
 from tsol.ops.rules import normalize_axis, require_float
 
 __all__ = ["softmax", "log_softmax"]
-
-
-def _normalize(op: str) -> Any:
-    def normalize(metas: Sequence[Meta], *, axis: Any) -> dict[str, Any]:
-        return {"axis": normalize_axis(op, axis, metas[0].ndim, metas)}
-    return normalize
-
-
-def _meta(op: str) -> Any:
-    def meta(x: Meta, *, axis: int) -> Meta:
-        require_float(op, x)
-        return Meta(x.shape, x.dtype)
-    return meta
 
 
 def _cost(x: Meta, *, out: Meta, axis: int) -> tuple[float, float]:
@@ -59,8 +46,20 @@ def _log_softmax_vjp(g: Any, x: Any, *, out: Any, axis: int) -> tuple[Any]:
     return (tsol.subtract(g, tsol.multiply(tsol.exp(out), total)),)
 
 
-@defop(family="softmax", inputs=("x",), meta=_meta("softmax"), reference=_softmax_ref,
-       vjp=_softmax_vjp, cost=_cost, normalize=_normalize("softmax"))
+def _along_axis(op: str, reference: Callable[..., Any], vjp: Callable[..., Any]) -> Any:
+    """The ``defop`` decorator of ``op``: a float array to one of its shape and dtype, along
+    one ``axis`` (normalized to a non-negative int first)."""
+    def meta(x: Meta, *, axis: int) -> Meta:
+        require_float(op, x)
+        return Meta(x.shape, x.dtype)
+
+    def normalize(metas: Sequence[Meta], *, axis: Any) -> dict[str, Any]:
+        return {"axis": normalize_axis(op, axis, metas[0].ndim, metas)}
+    return defop(family="softmax", inputs=("x",), meta=meta, reference=reference, vjp=vjp,
+                 cost=_cost, normalize=normalize)
+
+
+@_along_axis("softmax", _softmax_ref, _softmax_vjp)
 def softmax(x, axis=-1, *, out=None):
     """Softmax along ``axis``: ``exp(x - max) / sum(exp(x - max))``, each slice summing to 1.
 
@@ -83,8 +82,7 @@ def softmax(x, axis=-1, *, out=None):
     ...
 
 
-@defop(family="softmax", inputs=("x",), meta=_meta("log_softmax"), reference=_log_softmax_ref,
-       vjp=_log_softmax_vjp, cost=_cost, normalize=_normalize("log_softmax"))
+@_along_axis("log_softmax", _log_softmax_ref, _log_softmax_vjp)
 def log_softmax(x, axis=-1, *, out=None):
     """Log of softmax along ``axis``: ``x - max - log(sum(exp(x - max)))``, without overflow.
 

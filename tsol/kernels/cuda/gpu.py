@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import tempfile
 import threading
@@ -155,6 +156,22 @@ def kernel_view(a: Any) -> Any:
     if a is not None and getattr(a, "dtype", None) == dtypes.bfloat16:
         return a.view(np.uint16)
     return a
+
+
+# --- math of one value ----------------------------------------------------------------------
+def _math(name: str) -> Any:
+    """Device ``math.<name>`` (libdevice once compiled); NumPy's ufunc under the simulator,
+    where ``math`` would turn a float32 argument into a Python float."""
+    if SIMULATOR:
+        ufunc = getattr(np, name)
+        return cuda.jit(device=True)(lambda x: ufunc(x))
+    fn = getattr(math, name)
+    return device(lambda x: fn(x))
+
+
+exp, log, sqrt, cos, sin = (_math(name) for name in ("exp", "log", "sqrt", "cos", "sin"))
+"""``gpu.exp(x)`` ...: libdevice's function of x's float type, for hand-written and generated
+kernels alike."""
 
 
 # --- warp and block reductions --------------------------------------------------------------
@@ -409,6 +426,9 @@ class Prepared:
         self.packed, self.pointer_slots = launcher.slots(args)
 
     def __call__(self, pointers: Sequence[int]) -> None:
+        rec = getattr(recording, "rec", None)
+        if rec is not None:
+            rec.note_prepared(self, pointers)
         packed = self.packed
         for slot, ptr in zip(self.pointer_slots, pointers):
             packed[slot] = ptr
@@ -554,6 +574,6 @@ def cdiv(a: int, b: int) -> int:
 
 __all__ = ["SIMULATOR", "COMPILE_ONLY", "HOST_ARRAYS", "WARP", "declare_device", "device",
            "f32_from_bits", "f32_to_bits", "load_bf16", "store_bf16", "load_f16", "store_f16",
-           "storage", "kernel_view", "warp_sum", "warp_max", "kernel", "Kernel", "launch",
-           "arg_key", "numba_type", "array_module", "cdiv", "prepare", "Prepared",
-           "REGISTERS_PER_BLOCK", "register_cap", "registers"]
+           "storage", "kernel_view", "exp", "log", "sqrt", "cos", "sin", "warp_sum", "warp_max",
+           "kernel", "Kernel", "launch", "arg_key", "numba_type", "array_module", "cdiv",
+           "prepare", "Prepared", "REGISTERS_PER_BLOCK", "register_cap", "registers"]

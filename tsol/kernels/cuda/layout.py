@@ -22,8 +22,8 @@ pad is a gather of the same rows shape: output rows whose lead indices fall in t
 are the constant, other rows read their source row, with edge and reflect columns mapped by
 the mode's index rule (a row of the source read once per output row that maps to it).
 
-On the GPU every call with a layout seen before (shapes, strides, dtypes, attrs, pointer
-alignment) replays prepared launches that only receive new data pointers.
+Every call with a layout seen before (shapes, strides, dtypes, attrs, pointer alignment)
+replays the launches its first call recorded, with new data pointers only (``replay``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import numpy as np
 
 from tsol import config as settings
 from tsol import dtypes
-from tsol.kernels.cuda import gpu
+from tsol.kernels.cuda import gpu, replay
 from tsol.kernels.cuda import reduction as red
 from tsol.kernels.cuda.layout_util import StridedArg
 from tsol.kernels.strides import c_strides, collapse
@@ -85,20 +85,15 @@ def nocopy_strides(shape: Sequence[int], strides: Sequence[int], itemsize: int,
 
 # --- windows: what a kernel sees of an operand ---------------------------------------------------
 
-def _pointer(a: Any) -> int:
-    return int(a.__array_interface__["data"][0]) if gpu.HOST_ARRAYS else int(a.data.ptr)
-
-
 class Operand:
     """An operand seen as a 1-D window of unsigned ``unit``-byte words from its lowest address.
 
     ``origin`` (in units) is where element 0 sits in the window, ``strides`` are in elements of
-    the operand (``scale`` elements a unit once widened). ``index`` is the operand's position
-    in the call, so that replayed launches find its new data pointer.
+    the operand (``scale`` elements a unit once widened).
     """
 
-    def __init__(self, a: Any, index: int) -> None:
-        self.array, self.index = a, index
+    def __init__(self, a: Any) -> None:
+        self.array = a
         self.itemsize = a.dtype.itemsize
         st = [s // self.itemsize for s in a.strides]
         if any(s % self.itemsize for s in a.strides):
@@ -106,7 +101,7 @@ class Operand:
         self.strides = tuple(0 if n == 1 else s for n, s in zip(a.shape, st))
         self.low = sum(s * (n - 1) for s, n in zip(self.strides, a.shape) if s < 0)
         self.span = 1 + sum(abs(s) * (n - 1) for s, n in zip(self.strides, a.shape))
-        self.start = _pointer(a) + self.low * self.itemsize
+        self.start = replay.data_ptr(a) + self.low * self.itemsize
 
     def window(self, unit: int) -> Any:
         """The window as a kernel argument, in words of ``unit`` bytes (span must divide)."""
@@ -121,53 +116,16 @@ class Operand:
         return flat.view(dt)
 
 
-class Launches:
-    """The kernel launches of one call, and (on the GPU) their replay by data pointers."""
-
-    def __init__(self, operands: Sequence[Any]) -> None:
-        self.operands = operands
-        self.items: list[tuple[gpu.Kernel, int, int, list[Any], list[tuple[int, int]]]] = []
-
-    def add(self, kern: gpu.Kernel, grid: int, block: int, args: list[Any],
-            windows: Sequence[Operand]) -> None:
-        # Pointer recipes: (operand index, byte delta from its data pointer) per window arg.
-        recipe = [(w.index, w.low * w.itemsize) for w in windows]
-        self.items.append((kern, grid, block, args, recipe))
-
-    def run(self, key: Any) -> None:
-        replay = []
-        for kern, grid, block, args, recipe in self.items:
-            prepared = gpu.prepare(kern, grid, block, args)
-            if prepared is None:
-                gpu.launch(kern, grid, block, args)
-            else:
-                replay.append((prepared, recipe))
-                prepared([self.operands[i].data.ptr + d for i, d in recipe])
-        if key is not None and not gpu.HOST_ARRAYS:
-            if len(_plans) > 4096:
-                _plans.clear()
-            _plans[key] = replay
+_replays = replay.Replays()
+"""Recorded launches per call layout: later calls of a layout pass new pointers only."""
 
 
-_plans: dict[Any, list[tuple[gpu.Prepared, list[tuple[int, int]]]]] = {}
-
-
-def layout_key(name: str, arrays: Sequence[Any], attrs: Any) -> Any:
-    """Everything a call's launches depend on except the data pointers."""
-    if gpu.HOST_ARRAYS:
-        return None
-    return (name, attrs, *[(a.shape, a.strides, a.dtype.str, int(a.data.ptr) % 16)
-                           for a in arrays])
-
-
-def replay(key: Any, arrays: Sequence[Any]) -> bool:
-    """Run the launches remembered under ``key`` on ``arrays``; False when there are none."""
-    plan = _plans.get(key) if key is not None else None
-    if plan is None:
-        return False
-    for prepared, recipe in plan:
-        prepared([arrays[i].data.ptr + d for i, d in recipe])
-    return True
+def _run(name: str, arrays: Sequence[Any], attrs: Any, planned: Callable[[], None]) -> None:
+    """``planned()`` launches the copies of one call; later calls of the same layout (shapes,
+    strides, dtypes, attrs, pointer alignment) replay its launches (``replay``)."""
+    key = (name, attrs, *[(a.shape, a.strides, a.dtype.str, replay.data_ptr(a) % 16)
+                          for a in arrays])
+    _replays.run(key, arrays, planned)
 
 
 # --- generated kernels ---------------------------------------------------------------------------
@@ -387,9 +345,8 @@ def _widest(src: Operand, dst: Operand, s_origin: int, d_origin: int, shape: Seq
     return item
 
 
-def copy_into(plan: Launches, src: Operand, dst: Operand, d_origin: int,
-              d_strides: Sequence[int]) -> None:
-    """Launches copying ``src`` to ``dst`` elements ``d_origin + sum(i_k * d_strides_k)``."""
+def copy_into(src: Operand, dst: Operand, d_origin: int, d_strides: Sequence[int]) -> None:
+    """Launch copies of ``src`` to ``dst`` elements ``d_origin + sum(i_k * d_strides_k)``."""
     a = src.array
     if a.size == 0:
         return
@@ -411,8 +368,8 @@ def copy_into(plan: Launches, src: Operand, dst: Operand, d_origin: int,
         args = [src.window(unit), dst.window(unit), s_origin, d_origin, m, n, ss[-2], ss[-1],
                 ds[-2], ds[-1], tm, ys, *shape[1:lead], *ss[:lead], *ds[:lead]]
         # Blocks: x along the destination's rows of tiles, y (looping past 65535) the rest.
-        plan.add(tile_kernel(unit, lead), (tn, min(ys, 65535 if not gpu.HOST_ARRAYS else 4)),
-                 BLOCK, args, [src, dst])
+        gpu.launch(tile_kernel(unit, lead), (tn, min(ys, 65535 if not gpu.HOST_ARRAYS else 4)),
+                   BLOCK, args)
         return
     unit = _widest(src, dst, s_origin, d_origin, shape, ss, ds)
     scale = unit // src.itemsize
@@ -425,10 +382,10 @@ def copy_into(plan: Launches, src: Operand, dst: Operand, d_origin: int,
     if n >= MIN_ROW:
         cpr = gpu.cdiv(n, 32 * _chunk_units(unit))
         args = head + [n, ss[-1], ds[-1], cpr, rows * cpr, *shape[1:lead], *a_st, *b_st]
-        plan.add(rows_kernel(unit, lead), _grid(32 * rows * cpr), BLOCK, args, [src, dst])
+        gpu.launch(rows_kernel(unit, lead), _grid(32 * rows * cpr), BLOCK, args)
     else:
         args = head + [rows * n, ss[-1], ds[-1], *shape[1:lead], *a_st, *b_st, n]
-        plan.add(elems_kernel(unit, lead), _grid(rows * n), BLOCK, args, [src, dst])
+        gpu.launch(elems_kernel(unit, lead), _grid(rows * n), BLOCK, args)
 
 
 def _fresh(shape: tuple[int, ...], dt: np.dtype) -> Any:
@@ -437,16 +394,6 @@ def _fresh(shape: tuple[int, ...], dt: np.dtype) -> Any:
     if settings.get().poison_outputs and out.size:
         out.view(_UINT[dt.itemsize]).fill(np.iinfo(_UINT[dt.itemsize]).max)
     return out
-
-
-def _run(name: str, arrays: Sequence[Any], attrs: Any,
-         build: Callable[[Launches], None]) -> None:
-    key = layout_key(name, arrays, attrs)
-    if replay(key, arrays):
-        return
-    plan = Launches(arrays)
-    build(plan)
-    plan.run(key)
 
 
 # --- views ---------------------------------------------------------------------------------------
@@ -483,10 +430,8 @@ def reshape_view_or_copy(a: Any, *, config: Config, shape: tuple[int, ...]) -> A
     if strides is not None:
         return _as_strided(a, shape, strides)
     out = _fresh(shape, a.dtype)
-
-    def build(plan: Launches) -> None:
-        copy_into(plan, Operand(a, 0), Operand(out, 1), 0, c_strides(a.shape))
-    _run("reshape", [a, out], shape, build)
+    _run("reshape", [a, out], shape,
+         lambda: copy_into(Operand(a), Operand(out), 0, c_strides(a.shape)))
     return out
 
 
@@ -499,18 +444,18 @@ def _one_dtype(metas: Sequence[Any], attrs: dict[str, Any]) -> bool:
 @kernel("concat", backend="cuda", dtypes=dtypes.ALL, supports=_one_dtype)
 def concat_copy(arrays: tuple[Any, ...], *, out: Any, config: Config, axis: int | None) -> None:
     """Each array is copied into its slab of ``out``, one launch an array."""
-    def build(plan: Launches) -> None:
-        dst = Operand(out, len(arrays))
+    def planned() -> None:
+        dst = Operand(out)
         offset = 0
-        for k, a in enumerate(arrays):
+        for a in arrays:
             if axis is None:
-                copy_into(plan, Operand(a, k), dst, offset, c_strides(a.shape))
+                copy_into(Operand(a), dst, offset, c_strides(a.shape))
                 offset += a.size
             else:
                 strides = c_strides(out.shape)
-                copy_into(plan, Operand(a, k), dst, offset * strides[axis], strides)
+                copy_into(Operand(a), dst, offset * strides[axis], strides)
                 offset += a.shape[axis]
-    _run("concat", [*arrays, out], axis, build)
+    _run("concat", [*arrays, out], axis, planned)
 
 
 @kernel("pad", backend="cuda", dtypes=dtypes.ALL)
@@ -523,8 +468,8 @@ def pad_gather(a: Any, *, out: Any, config: Config, pad_width: tuple[tuple[int, 
     value[()] = constant_values                   # converted as NumPy assignment converts
     fill = int(value.view(_UINT[a.dtype.itemsize]))
 
-    def build(plan: Launches) -> None:
-        src = Operand(a, 0)
+    def planned() -> None:
+        src = Operand(a)
         # Unpadded size-1 dims drop out and unpadded neighbours that are one source run merge.
         dims: list[list[int]] = []
         for n, s, (b, e) in zip(a.shape, src.strides, pad_width, strict=True):
@@ -548,13 +493,11 @@ def pad_gather(a: Any, *, out: Any, config: Config, pad_width: tuple[tuple[int, 
         args = [src.window(unit), gpu.kernel_view(out).view(_UINT[unit]).reshape(-1),
                 -src.low, np.uint64(fill), n_out, lo, n if a.size else 0, s, cpr, rows * cpr,
                 *params]
-        plan.add(pad_kernel(unit, len(lead), mode), _grid(32 * rows * cpr), BLOCK, args,
-                 [src])
-        plan.items[-1][4].append((1, 0))          # out's pointer, after the window's
+        gpu.launch(pad_kernel(unit, len(lead), mode), _grid(32 * rows * cpr), BLOCK, args)
     if a.size == 0:                               # only constants: no source to read
         gpu.kernel_view(out).view(_UINT[a.dtype.itemsize]).fill(fill)
         return
-    _run("pad", [a, out], (pad_width, mode, fill), build)
+    _run("pad", [a, out], (pad_width, mode, fill), planned)
 
 
-__all__ = ["collapse", "c_strides", "nocopy_strides", "copy_into", "Operand", "Launches"]
+__all__ = ["collapse", "c_strides", "nocopy_strides", "copy_into", "Operand"]

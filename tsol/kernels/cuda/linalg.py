@@ -284,6 +284,33 @@ def cheap_index_math(src: str) -> str:
                   src)
 
 
+_MMA_OPERANDS = {"a": ("mk", 0, "m0", "M", "sam", "rs"), "b": ("kn", 1, "n0", "N", "sbn", "cs")}
+"""Per operand of the tensor-core kernel: its tile's dims (first, second), which of them is
+the outer (M or N) one, that one's block origin, bound and stride, and the name of the line's
+offset (``ars``: A's row start, ``bcs``: B's column start)."""
+
+
+def _mma_load_coords(p: str, tile: tuple[int, int], count: int, T: int, unit: int,
+                     fast_second: bool) -> list[str]:
+    """Kernel lines: coordinates of load slot ``r < count`` (element or ``unit``-element chunk
+    ``tid + r * T``) of operand ``p``'s ``tile``, whether it lies inside the matrix, and its
+    line's offset. ``fast_second``: consecutive slots run along the tile's second dim."""
+    dims, outer, origin, bound, stride, offset = _MMA_OPERANDS[p]
+    first, second = tile
+    lines = []
+    for r in range(count):
+        e = f"(tid + {r * T})"
+        if fast_second:
+            c0, c1 = f"{e} // {second // unit}", f"({e} % {second // unit}) * {unit}"
+        else:
+            c0, c1 = f"{e} % {first}", f"{e} // {first}"
+        o = f"{p}{dims[outer]}{r}"
+        lines += [f"    {p}{dims[0]}{r} = {c0}", f"    {p}{dims[1]}{r} = {c1}",
+                  f"    {p}ok{r} = {origin} + {o} < {bound} and {e} < {first * second // unit}",
+                  f"    {p}{offset}{r} = ({origin} + {o}) * {stride} if {p}ok{r} else 0"]
+    return lines
+
+
 def mma_source(name: str, cfg: dict[str, int], bf16: bool, a_vec: bool, b_vec: bool,
                a_kfast: bool, b_nfast: bool, spec: tuple[Any, ...]) -> str:
     """The tensor-core kernel (module doc) for one tile, operand load modes and epilogue."""
@@ -315,24 +342,8 @@ def mma_source(name: str, cfg: dict[str, int], bf16: bool, a_vec: bool, b_vec: b
     ub = 8 if b_vec else 1
     NA, NB = BM * BK // ua, BK * BN // ub
     LA, LB = gpu.cdiv(NA, T), gpu.cdiv(NB, T)
-    for r in range(LA):
-        e = f"(tid + {r * T})"
-        if a_vec or a_kfast:
-            mm, kk = f"{e} // {BK // ua}", f"({e} % {BK // ua}) * {ua}"
-        else:
-            mm, kk = f"{e} % {BM}", f"{e} // {BM}"
-        L += [f"    am{r} = {mm}", f"    ak{r} = {kk}",
-              f"    aok{r} = m0 + am{r} < M and {e} < {NA}",
-              f"    ars{r} = (m0 + am{r}) * sam if aok{r} else 0"]
-    for r in range(LB):
-        e = f"(tid + {r * T})"
-        if b_vec or b_nfast:
-            kk, nn = f"{e} // {BN // ub}", f"({e} % {BN // ub}) * {ub}"
-        else:
-            kk, nn = f"{e} % {BK}", f"{e} // {BK}"
-        L += [f"    bk{r} = {kk}", f"    bn{r} = {nn}",
-              f"    bok{r} = n0 + bn{r} < N and {e} < {NB}",
-              f"    bcs{r} = (n0 + bn{r}) * sbn if bok{r} else 0"]
+    L += _mma_load_coords("a", (BM, BK), LA, T, ua, a_vec or a_kfast)
+    L += _mma_load_coords("b", (BK, BN), LB, T, ub, b_vec or b_nfast)
     L += _batch_head(BK, spec)
     ind = "        "
 

@@ -41,7 +41,7 @@ import numpy as np
 
 from tsol import dtypes
 from tsol.errors import ArgumentError, op_error
-from tsol.kernels.cuda import gpu, replay
+from tsol.kernels.cuda import gpu, replay, row_index
 from tsol.kernels.cuda import reduction as red
 from tsol.ops.loss import class_axis
 from tsol.registry import Config, kernel
@@ -51,16 +51,7 @@ KMAX = 32
 GRID = 1024
 """Most blocks of the pointwise pass (its partials are folded by one block)."""
 
-_FUNCS = '''
-@gpu.device
-def merge_max(c0, o0):
-    return (o0 if o0 > c0 or o0 != o0 else c0,)
-
-
-@gpu.device
-def merge_sum(c0, o0):
-    return (c0 + o0,)
-
+_FUNCS = red.ONLINE_MERGES + '''
 
 @gpu.device
 def merge_sum3(c0, c1, c2, o0, o1, o2):
@@ -71,11 +62,6 @@ def merge_sum3(c0, c1, c2, o0, o1, o2):
 def merge_fin(c0, c1, c2, o0, o1, o2):
     # (sum, count, first bad index)
     return c0 + o0, c1 + o1, (o2 if o2 < c2 else c2)
-
-
-@gpu.device
-def finite(m):
-    return m > LOW and m < HIGH
 '''
 
 _kernels: dict[tuple[Any, ...], gpu.Kernel] = {}
@@ -88,7 +74,7 @@ def _tag(dt: Any) -> str:
 
 def _build(name: str, params: str, body: Sequence[str], acc: np.dtype) -> gpu.Kernel:
     source = _FUNCS + f"\n\ndef {name}({params}):\n" + red.indent(body, 4) + "\n"
-    return red.build(name, source, red.namespace(acc), __name__)
+    return red.build(name, source, dict(red.namespace(acc), U=row_index.U), __name__)
 
 
 def _head(T: int, B: int) -> list[str]:
@@ -107,15 +93,11 @@ def _passes(first: Sequence[str], second: Sequence[str], loads: Sequence[str], b
 
     body: list[str] = []
     if regs:
-        for k in range(K):
-            body += [f"j{k} = t + {k * T}", f"v{k} = LOW", f"if j{k} < m:",
-                     *("    " + s for s in fmt(loads, str(k), f"j{k}"))]
-        for k in range(K):
-            body += fmt(first, str(k), f"j{k}")
-        body += between
-        for k in range(K):
-            body += [f"if j{k} < m:", *("    " + s for s in fmt(second, str(k), f"j{k}"))]
-        return body
+        def each(lines: Sequence[str], default: Sequence[str] = ()) -> list[str]:
+            return row_index.each(K, fmt(lines, "{k}", "j{k}"), False, default)
+        body += row_index.slots(T, K) + each(loads, ["v{k} = LOW"])
+        body += [s.format(k=k) for k in range(K) for s in fmt(first, "{k}", "j{k}")]
+        return body + list(between) + each(second)
     for lines, rest in ((first, between), (second, [])):
         body += ["j = t", f"while j < m - {(U - 1) * T}:"]
         for u in range(U):
@@ -154,19 +136,23 @@ def _ce_kernel(dt: np.dtype, tdt: np.dtype | None, acc: np.dtype, sink: str, ign
         second = [f"q{{s}} = {red.load_expr('p[base + {j}]', bf16)}", *second,
                   "sp += q{s}", "spd += q{s} * (shift - {v})"]
     between = [*tree_a, "shift = mx if finite(mx) else A(0)", *(f"{v} = A(0)" for v in sums)]
-    body = [*_head(T, B), *alloc_a, *alloc_b, "m = n if row < rows else 0", "base = row * n",
-            "mx = LOW", *_passes(first, second, loads, between, regs, T, K, U), *tree_b]
+    # The register path indexes with unsigned offsets (``row_index``), the streaming one signed.
+    head = row_index.head(T, B, False) if regs else [
+        *_head(T, B), "m = n if row < rows else 0", "base = row * n"]
+    body = [*head, *alloc_a, *alloc_b, "mx = LOW",
+            *_passes(first, second, loads, between, regs, T, K, U), *tree_b]
     tail = ["ls = log_(np.float64(s))"]
     if probs:
         # A row of no classes (or of zero probabilities) adds nothing, even where ls is -inf.
         tail += ["loss = np.float64(spd) + (ls * np.float64(sp) if sp != A(0) else 0.0)"]
     else:
+        cast = "U" if regs else "I64"        # the offsets' signedness (a mix computes in float)
         tail += ["ti = I64(tg[row])", "st = 1"]
         tail += ["if ti == ign:", "    loss = 0.0", "    st = 0", "elif ti < 0 or ti >= n:"] \
             if ignore else ["if ti < 0 or ti >= n:"]
         tail += ["    loss = np.float64(np.nan)", "    st = 2", "else:",
                  "    loss = (np.float64(shift) + ls) - np.float64("
-                 f"{red.load_expr('x[base + ti]', bf16)})", "stat[row] = np.int8(st)"]
+                 f"{red.load_expr(f'x[base + {cast}(ti)]', bf16)})", "stat[row] = np.int8(st)"]
     tail.append(f"out[row] = {red.store_expr('loss', dt)}" if sink == "none" else
                 "per[row] = loss")
     body += ["if t == 0 and row < rows:", *("    " + s for s in tail)]

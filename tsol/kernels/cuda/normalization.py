@@ -40,18 +40,21 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 
 from tsol import dtypes
-from tsol.kernels.cuda import gpu, replay
+from tsol.kernels.cuda import gpu, replay, row_index
 from tsol.kernels.cuda import reduction as red
 from tsol.registry import Config, kernel
 
 KMAX = 32
 """Most elements a thread keeps in registers; the register budget (``REGS_PER_WORD``) allows
 fewer at 1024 threads: float32 layernorm rows up to 8 * 1024 elements take one pass."""
-REGS_PER_WORD = {False: 8, True: 4}
-"""Registers a thread may use per 4-byte word of row it keeps, layernorm (False) and rmsnorm
-(True): the rest hold indices, sums and addresses. Measured with nvJitLink 13.5 for sm_90
-(layernorm: 63 registers at K=8 float32, 76 at K=8 float64; rmsnorm: 63 at K=16 float32),
-so that rows within the budget neither spill nor exceed the register file."""
+REGS_BASE = {False: 30, True: 22}
+REGS_PER_WORD = {False: 3, True: 2}
+"""Registers a row-path thread is budgeted, layernorm (False) and rmsnorm (True):
+``REGS_BASE`` for indices, sums and addresses plus ``REGS_PER_WORD`` per 4-byte word of row it
+keeps. Measured with nvJitLink 13.5 for sm_90 on rows that are not a multiple of the tile
+(exact tiles take fewer): float32 layernorm 47 registers at K=8, 76 at K=16, 92 at K=32,
+float64 61 at K=8; rmsnorm float32 37, 53, 85, float64 51 at K=8. Rows within the budget
+neither spill nor exceed the register file."""
 
 _FUNCS = '''
 @gpu.device
@@ -118,19 +121,19 @@ def _params(dts: _Dtypes) -> str:
     return "x, " + "".join(f"{p}, " for p, d in present if d is not None)
 
 
-def _row_kernel(dts: _Dtypes, acc: np.dtype, rms: bool, T: int, B: int, K: int) -> gpu.Kernel:
-    """Rows held in registers: K elements a thread, T threads a row, B // T rows a block."""
-    key = ("row", dts.key(), acc.str, rms, T, B, K)
+def _row_kernel(dts: _Dtypes, acc: np.dtype, rms: bool, T: int, B: int, K: int,
+                exact: bool) -> gpu.Kernel:
+    """Rows held in registers: K elements a thread, T threads a row, B // T rows a block;
+    ``exact``: rows of exactly T * K elements (``rows``)."""
+    key = ("row", dts.key(), acc.str, rms, T, B, K, exact)
     if key in _kernels:
         return _kernels[key]
-    name = f"{'rms' if rms else 'layer'}norm_row_{dts.name()}_t{T}_b{B}_k{K}"
+    name = (f"{'rms' if rms else 'layer'}norm_row_{dts.name()}_t{T}_b{B}_k{K}"
+            f"{'_x' if exact else ''}")
     accs = [np.dtype(acc)]
-    body = ["tid = gpu.threadIdx.x", "lane = tid & 31", "warp = tid >> 5",
-            f"t = tid & {T - 1}", f"row = gpu.blockIdx.x * {B // T} + (tid >> {red.log2(T)})",
-            "m = n if row < rows else 0", "base = row * n"]
-    for k in range(K):
-        body += [f"j{k} = t + {k * T}", f"v{k} = A(0)", f"if j{k} < m:",
-                 f"    v{k} = {_load(f'base + j{k}', dts)}"]
+    body = [*row_index.head(T, B, exact), *row_index.slots(T, K)]
+    body += row_index.each(K, [f"v{{k}} = {_load('base + j{k}', dts)}"], exact,
+                       default=["v{k} = A(0)"])
     if rms:
         alloc, tree = red.rows_reduce(["s2"], accs, "merge_sum", T, B, "a")
         body += alloc + ["s2 = A(0)"] + [f"s2 += v{k} * v{k}" for k in range(K)] + tree
@@ -141,19 +144,18 @@ def _row_kernel(dts: _Dtypes, acc: np.dtype, rms: bool, T: int, B: int, K: int) 
         alloc_b, tree_b = red.rows_reduce(["d1", "d2"], accs * 2, "merge_sum2", T, B, "b")
         body += alloc_a + alloc_b + ["s = A(0)"] + [f"s += v{k}" for k in range(K)] + tree_a
         body += ["hi = s / A(n)", "d1 = A(0)", "d2 = A(0)"]
-        for k in range(K):
-            body += [f"if j{k} < m:", f"    d = v{k} - hi", "    d1 += d", "    d2 += d * d"]
+        body += row_index.each(K, ["d = v{k} - hi", "d1 += d", "d2 += d * d"], exact)
         body += tree_b
         # sum((d - lo)^2) = sum(d^2) - sum(d) * lo, with lo = sum(d) / n.
         body += ["lo = d1 / A(n)", "var = (d2 - d1 * lo) / A(n)",
                  "rstd = inv_std(var if var > A(0) else A(0), eps)"]
         value = "((v{k} - hi) - lo) * rstd"
-    for k in range(K):
-        body += [f"if j{k} < m:", f"    out[base + j{k}] = "
-                 f"{red.store_expr(_affine(value.format(k=k), f'j{k}', dts), dts.out)}"]
+    body += row_index.stores(K, [f"out[base + j{{k}}] = "
+                            f"{red.store_expr(_affine(value, 'j{k}', dts), dts.out)}"], exact)
     params = f"{_params(dts)}out, rows, n, eps"
     source = _FUNCS + f"\n\ndef {name}({params}):\n" + red.indent(body, 4) + "\n"
-    k = _kernels[key] = red.build(name, source, red.namespace(acc), __name__)
+    ns = dict(red.namespace(acc), U=row_index.U)
+    k = _kernels[key] = red.build(name, source, ns, __name__)
     # B threads of more registers each than the register file holds would not launch at all
     # (float64 layernorm at K = 8 needs 76 a thread, 1024 threads have 64): cap them, so that
     # any toolkit's allocation launches (spilling at worst).
@@ -198,12 +200,13 @@ def _apply_kernel(dts: _Dtypes, acc: np.dtype, rms: bool, B: int, U: int) -> gpu
 def _row_tile(n: int, config: Config, acc: np.dtype, rms: bool) -> tuple[int, int, int] | None:
     """(T, B, K) of the register path for rows of n elements computed in ``acc``, or None when
     they do not fit: more than ``kmax`` values a thread, or more words than ``B`` threads'
-    share of the register file holds (``REGS_PER_WORD``)."""
+    share of the register file holds (``REGS_BASE``, ``REGS_PER_WORD``)."""
     T = min(red.TMAX, red.pow2ceil(-(-n // config.work)))
     K = red.pow2ceil(-(-n // T))
     B = max(T, config.block)
     words = K * np.dtype(acc).itemsize // 4
-    if K > min(KMAX, config.kmax) or words * REGS_PER_WORD[rms] > gpu.register_cap(B):
+    regs = REGS_BASE[rms] + words * REGS_PER_WORD[rms]
+    if K > min(KMAX, config.kmax) or regs > gpu.register_cap(B):
         return None
     return T, B, K
 
@@ -270,8 +273,8 @@ def _run_planned(x: Any, residual: Any, gamma: Any, beta: Any, out: Any, eps: fl
     tile = _row_tile(n, config, acc, rms)
     if tile is not None:
         T, B, K = tile
-        gpu.launch(_row_kernel(dts, acc, rms, T, B, K), -(-rows // (B // T)), B,
-                   [*ins, *params, os_, rows, n, float(eps)])
+        gpu.launch(_row_kernel(dts, acc, rms, T, B, K, row_index.is_exact(n, T, K)),
+                   -(-rows // (B // T)), B, [*ins, *params, os_, rows, n, float(eps)])
         return
     B = config.block
     if residual is not None:
@@ -304,7 +307,9 @@ def _supports(metas: Sequence[Any], attrs: dict[str, Any]) -> bool:
 CONFIGS = [Config(block=256, work=8, kmax=KMAX, split=0),
            Config(block=256, work=16, kmax=KMAX, split=0),
            Config(block=128, work=8, kmax=KMAX, split=0),
-           Config(block=512, work=4, kmax=KMAX, split=0)]
+           Config(block=512, work=4, kmax=KMAX, split=0),
+           Config(block=256, work=32, kmax=KMAX, split=0),
+           Config(block=128, work=32, kmax=KMAX, split=0)]
 """``block``: threads a block (at least); ``work``: elements a thread aims at (rows of 4096
 in groups of 512 threads, 8 registers each); ``kmax``: most elements a thread keeps in
 registers (longer rows take the two-pass path); ``split``: at least this many segments a row
@@ -317,7 +322,8 @@ def _heuristic(metas: Sequence[Any], attrs: dict[str, Any]) -> Config:
     return SIM_CONFIG if gpu.SIMULATOR else CONFIGS[0]
 
 
-@kernel("layernorm", backend="cuda", configs=CONFIGS, supports=_supports, heuristic=_heuristic)
+@kernel("layernorm", backend="cuda", configs=CONFIGS, supports=_supports, heuristic=_heuristic,
+        replays=True)
 def layernorm_cuda(x: Any, gamma: Any, beta: Any, residual: Any, *, out: Any, config: Config,
                    eps: float) -> None:
     """Layernorm of ``x`` (+ ``residual``) over the last axis; statistics in float32 (float64
@@ -325,7 +331,8 @@ def layernorm_cuda(x: Any, gamma: Any, beta: Any, residual: Any, *, out: Any, co
     _run(x, residual, gamma, beta, out, eps, False, config)
 
 
-@kernel("rmsnorm", backend="cuda", configs=CONFIGS, supports=_supports, heuristic=_heuristic)
+@kernel("rmsnorm", backend="cuda", configs=CONFIGS, supports=_supports, heuristic=_heuristic,
+        replays=True)
 def rmsnorm_cuda(x: Any, gamma: Any, residual: Any, *, out: Any, config: Config,
                  eps: float) -> None:
     """RMSnorm of ``x`` (+ ``residual``) over the last axis; statistics in float32 (float64

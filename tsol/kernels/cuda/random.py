@@ -23,12 +23,13 @@ consecutive elements, so stores (and dropout's loads) are coalesced.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+import operator
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from tsol import dtypes
-from tsol.kernels.cuda import gpu
+from tsol.kernels.cuda import gpu, replay
 from tsol.kernels.cuda import reduction as red
 from tsol.registry import Config, kernel
 
@@ -39,65 +40,28 @@ ULP24 = np.float32(2.0 ** -24)
 ULP53 = 1.1102230246251565e-16
 
 # --- once-rounded arithmetic ----------------------------------------------------------------
+
+def _rounded(op: Callable[[Any, Any], Any], name: str, ty: type) -> Any:
+    """``op(a, b)`` in ``ty`` rounded once: libdevice's ``name`` (``__nv_fmul_rn``...), which the
+    compiler never contracts into an FMA; plain ``op`` under the simulator (NumPy rounds each
+    operation anyway)."""
+    if gpu.SIMULATOR:
+        return gpu.device(lambda a, b: op(a, b))
+    fn = getattr(gpu.libdevice, name)
+    return gpu.device(lambda a, b: fn(ty(a), ty(b)))
+
+
+mul = _rounded(operator.mul, "fmul_rn", np.float32)
+"""float32 a * b rounded once, never fused into an FMA."""
+add = _rounded(operator.add, "fadd_rn", np.float32)
+mul64 = _rounded(operator.mul, "dmul_rn", np.float64)
+add64 = _rounded(operator.add, "dadd_rn", np.float64)
+
 if gpu.SIMULATOR:
-    @gpu.device
-    def mul(a, b):
-        return a * b
-
-    @gpu.device
-    def add(a, b):
-        return a + b
-
-    @gpu.device
-    def mul64(a, b):
-        return a * b
-
-    @gpu.device
-    def add64(a, b):
-        return a + b
-
     @gpu.device
     def sqrt32(x):
         return np.sqrt(np.float32(x))
-else:
-    @gpu.device
-    def mul(a, b):
-        """float32 a * b rounded once, never fused into an FMA."""
-        return gpu.libdevice.fmul_rn(np.float32(a), np.float32(b))
 
-    @gpu.device
-    def add(a, b):
-        return gpu.libdevice.fadd_rn(np.float32(a), np.float32(b))
-
-    @gpu.device
-    def mul64(a, b):
-        return gpu.libdevice.dmul_rn(np.float64(a), np.float64(b))
-
-    @gpu.device
-    def add64(a, b):
-        return gpu.libdevice.dadd_rn(np.float64(a), np.float64(b))
-
-    @gpu.device
-    def sqrt32(x):
-        return gpu.libdevice.fsqrt_rn(np.float32(x))
-
-
-@gpu.device
-def log64(x):
-    return math.log(x)
-
-
-@gpu.device
-def cos64(x):
-    return math.cos(x)
-
-
-@gpu.device
-def sin64(x):
-    return math.sin(x)
-
-
-if gpu.SIMULATOR:
     @gpu.device
     def mulhi(a, b):
         """High 32 bits of the 64-bit product of 32-bit ``a`` and ``b``, as uint64."""
@@ -108,6 +72,10 @@ if gpu.SIMULATOR:
         """Low 32 bits of the product of 32-bit ``a`` and ``b``, as uint64."""
         return np.uint64((int(a) * int(b)) & 0xFFFFFFFF)
 else:
+    @gpu.device
+    def sqrt32(x):
+        return gpu.libdevice.fsqrt_rn(np.float32(x))
+
     @gpu.device
     def mulhi(a, b):
         return np.uint64(gpu.libdevice.umulhi(np.uint32(a), np.uint32(b)))
@@ -229,8 +197,9 @@ def normal_f32(w1, w2, which, mean, std):
 def normal_f64(w0, w1, w2, w3, which, mean, std):
     u1 = add64(unit53(w0, w1), ULP53)
     theta = mul64(6.283185307179586, unit53(w2, w3))
-    r = math.sqrt(mul64(-2.0, log64(u1)))
-    return add64(mean, mul64(std, mul64(r, cos64(theta) if which == 0 else sin64(theta))))
+    r = math.sqrt(mul64(-2.0, gpu.log(u1)))
+    z = mul64(r, gpu.cos(theta) if which == 0 else gpu.sin(theta))
+    return add64(mean, mul64(std, z))
 
 
 @gpu.device
@@ -327,15 +296,30 @@ GRID_CAP = 132 * 8
 """Blocks at most; each loops over further blocks of counters."""
 
 
-def _fill(kind: str, out: Any, src: Any, config: Config, seed: int, offset: int, a: Any,
+_replays = replay.Replays()
+"""Recorded launches per call layout and scalars (seed, offset, parameters): a later call with
+all of them the same passes new pointers only (``replay``)."""
+
+
+def _fill(kind: str, out: Any, x: Any, config: Config, seed: int, offset: int, a: Any,
           b: Any) -> None:
-    n = out.size
-    if n == 0:
+    """``out`` from the stream at (seed, offset); dropout reads ``x`` (None for the others)."""
+    if out.size == 0:
         return
+    arrays = (out,) if x is None else (out, x)
+    key = (kind, config, seed, offset, a, b, *[(v.shape, v.strides, v.dtype) for v in arrays])
+    _replays.run(key, arrays, lambda: _fill_planned(kind, out, x, config, seed, offset, a, b))
+
+
+def _fill_planned(kind: str, out: Any, x: Any, config: Config, seed: int, offset: int, a: Any,
+                  b: Any) -> None:
+    n = out.size
     B = config.block
     kern, per = _kernel(kind, np.dtype(out.dtype), B)
     flat = gpu.kernel_view(out).reshape(-1)
-    source = flat if src is None else src
+    # The mask follows the C-order flat index: a non-contiguous x is made contiguous once.
+    source = flat if x is None else \
+        gpu.array_module().ascontiguousarray(gpu.kernel_view(x)).reshape(-1)
     counters = (offset + n + per - 1) // per - offset // per
     grid = min(gpu.cdiv(counters, B), GRID_CAP)
     gpu.launch(kern, grid, B, [flat, source, n, offset, np.uint64(seed & 0xFFFFFFFF),
@@ -383,10 +367,8 @@ def dropout_philox(x: Any, *, out: Any, config: Config, p: float, seed: int, off
     if not training or p == 0.0:
         gpu.kernel_view(out)[...] = gpu.kernel_view(x)          # a bit copy
         return
-    # The mask follows the C-order flat index: a non-contiguous x is made contiguous once.
-    src = gpu.array_module().ascontiguousarray(gpu.kernel_view(x)).reshape(-1)
     threshold = np.uint64(math.ceil(p * 2.0 ** 24))   # u24 * 2**-24 >= p  <=>  u24 >= threshold
-    _fill("dropout", out, src, config, seed, offset, _compute(out.dtype)(1.0 / (1.0 - p)),
+    _fill("dropout", out, x, config, seed, offset, _compute(out.dtype)(1.0 / (1.0 - p)),
           threshold)
 
 

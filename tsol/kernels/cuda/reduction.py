@@ -59,35 +59,13 @@ if gpu.SIMULATOR:
         r = scratch[tid ^ off]
         gpu.syncthreads()
         return r
-
-    @gpu.device
-    def exp_(x):
-        return np.exp(x)
-
-    @gpu.device
-    def log_(x):
-        return np.log(x)
-
-    @gpu.device
-    def sqrt_(x):
-        return np.sqrt(x)
 else:
     @gpu.device
     def shfl(v, off, scratch):
         """``v`` of lane ``lane ^ off`` (a full-warp xor shuffle)."""
         return gpu.shfl_xor(0xFFFFFFFF, v, off)
 
-    @gpu.device
-    def exp_(x):
-        return math.exp(x)
-
-    @gpu.device
-    def log_(x):
-        return math.log(x)
-
-    @gpu.device
-    def sqrt_(x):
-        return math.sqrt(x)
+exp_, log_, sqrt_ = gpu.exp, gpu.log, gpu.sqrt
 
 
 # --- fold kinds -------------------------------------------------------------------------------
@@ -207,6 +185,24 @@ def final(c0, c1, fscal):
         return c0
     return c0 + log_(c1)
 '''
+
+ONLINE_MERGES = '''
+@gpu.device
+def merge_max(c0, o0):
+    return (o0 if o0 > c0 or o0 != o0 else c0,)
+
+
+@gpu.device
+def merge_sum(c0, o0):
+    return (c0 + o0,)
+
+
+@gpu.device
+def finite(m):
+    return m > LOW and m < HIGH
+'''
+"""Device functions of the kernels that take a line's max, then its sum of exp(x - max), in
+two trees (softmax, cross_entropy): merge_max lets a NaN win; ``finite`` tests the max."""
 
 KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
     "sum": (("A",), ("A(0)",), _SUM.format(op="+", final="c0")),
@@ -649,7 +645,8 @@ def _register(op: str, empty: float | None, dts: Any = dtypes.ALL) -> None:
                fscal=fscal)
 
     impl.__name__ = impl.__qualname__ = f"{op}_cuda"
-    kernel(op, backend="cuda", dtypes=dts, configs=CONFIGS, heuristic=_heuristic)(impl)
+    kernel(op, backend="cuda", dtypes=dts, configs=CONFIGS, heuristic=_heuristic,
+           replays=True)(impl)
 
 
 for _op, _empty in (("sum", 0.0), ("prod", 1.0), ("mean", np.nan), ("var", np.nan),
@@ -672,6 +669,6 @@ for _op in ("argmax", "argmin"):
     _register_arg(_op)
 
 
-__all__ = ["KINDS", "run", "reduce", "plan", "row_schedule", "col_schedule", "rows_reduce",
-           "cols_reduce", "load_expr", "store_expr", "namespace", "build", "pow2ceil", "log2",
-           "tup", "indent", "sms", "unroll", "shfl", "exp_", "log_", "sqrt_"]
+__all__ = ["KINDS", "ONLINE_MERGES", "run", "reduce", "plan", "row_schedule", "col_schedule",
+           "rows_reduce", "cols_reduce", "load_expr", "store_expr", "namespace", "build",
+           "pow2ceil", "log2", "tup", "indent", "sms", "unroll", "shfl", "exp_", "log_", "sqrt_"]

@@ -98,7 +98,7 @@ class _Recorder:
         if gpu.HOST_ARRAYS:
             spec = []
             for a in args:
-                if hasattr(a, "shape") and hasattr(a, "strides"):
+                if hasattr(a, "strides") and not isinstance(a, np.generic):   # an array
                     where = self.locate(data_ptr(a)) if a.size else None
                     if where is None:
                         self.ok = False
@@ -110,9 +110,16 @@ class _Recorder:
             self.steps.append((kern, grid, block, shared, spec))
             return
         prepared = gpu.prepare(kern, grid, block, args, shared)
+        self.note_prepared(prepared, [int(prepared.packed[slot])
+                                      for slot in prepared.pointer_slots])
+
+    def note_prepared(self, prepared: Any, pointers: Sequence[int]) -> None:
+        """A prepared launch (``gpu.Prepared``) run with ``pointers``."""
+        if not self.ok:
+            return
         relocs = []
-        for slot in prepared.pointer_slots:
-            where = self.locate(int(prepared.packed[slot]))
+        for p in pointers:
+            where = self.locate(int(p))
             if where is None:
                 self.ok = False
                 return
@@ -132,10 +139,9 @@ class _Replay:
         bases = [data_ptr(a) for a in arrays]
         keep = []
         if self.scratch:
-            xp = gpu.array_module()
             bases += [0] * (len(self.scratch))
             for index, n, dt in self.scratch:
-                s = xp.empty(n, dt)
+                s = scratch(n, dt)            # reported to a recording around this call
                 keep.append(s)
                 bases[index] = data_ptr(s)
         if gpu.HOST_ARRAYS:
@@ -163,11 +169,11 @@ class Replays:
 
     def run(self, key: Any, arrays: Sequence[Any], planned: Callable[[], Any]) -> None:
         found = self.cache.get(key, False)
-        if found is None or getattr(_state, "rec", None) is not None:
-            planned()
+        if found is not None and found is not False:
+            found(arrays)             # a recording around this call sees the replayed launches
             return
-        if found is not False:
-            found(arrays)
+        if found is None or getattr(_state, "rec", None) is not None:
+            planned()                 # unreplayable, or inside another call's recording
             return
         rec = _Recorder(arrays)
         _state.rec = rec

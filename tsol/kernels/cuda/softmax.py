@@ -31,29 +31,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from tsol import dtypes
-from tsol.kernels.cuda import gpu, replay
+from tsol.kernels.cuda import gpu, replay, row_index
 from tsol.kernels.cuda import reduction as red
 from tsol.registry import Config, kernel
 
 KMAX = 32
 """Most elements a thread keeps in registers: rows up to 32 * 1024 elements in one pass."""
-
-_MERGES = '''
-@gpu.device
-def merge_max(c0, o0):
-    return (o0 if o0 > c0 or o0 != o0 else c0,)
-
-
-@gpu.device
-def merge_sum(c0, o0):
-    return (c0 + o0,)
-
-
-@gpu.device
-def finite(m):
-    return m > LOW and m < HIGH
-'''
-"""merge_max lets a NaN win; the online (max, sum) fold is the reduction's 'lse' kind."""
 
 
 def _finish(log: bool, m: str, s: str) -> list[str]:
@@ -73,42 +56,40 @@ _kernels: dict[tuple[Any, ...], gpu.Kernel] = {}
 
 
 def _source(name: str, params: str, body: Sequence[str], funcs: str = "") -> str:
-    return _MERGES + funcs + f"\n\ndef {name}({params}):\n" + red.indent(body, 4) + "\n"
+    """A kernel's source: the online merges (the 'lse' fold's too with ``funcs``) and its body."""
+    return red.ONLINE_MERGES + funcs + f"\n\ndef {name}({params}):\n" + red.indent(body, 4) + "\n"
 
 
-def _row_kernel(dt: np.dtype, acc: np.dtype, log: bool, T: int, B: int, K: int) -> gpu.Kernel:
-    """Rows held in registers: K elements a thread, T threads a row, B // T rows a block."""
-    key = ("row", dt.str, acc.str, log, T, B, K)
+def _row_kernel(dt: np.dtype, acc: np.dtype, log: bool, T: int, B: int, K: int,
+                exact: bool) -> gpu.Kernel:
+    """Rows held in registers: K elements a thread, T threads a row, B // T rows a block;
+    ``exact``: rows of exactly T * K elements (``rows``)."""
+    key = ("row", dt.str, acc.str, log, T, B, K, exact)
     if key in _kernels:
         return _kernels[key]
     bf16 = dt == dtypes.bfloat16
     tag = "bf16" if bf16 else dt.name
-    name = f"{'log_' if log else ''}softmax_row_{tag}_t{T}_b{B}_k{K}"
+    name = f"{'log_' if log else ''}softmax_row_{tag}_t{T}_b{B}_k{K}{'_x' if exact else ''}"
     f32 = [np.dtype(acc)]
     alloc_a, red_max = red.rows_reduce(["mx"], f32, "merge_max", T, B, "a")
     alloc_b, red_sum = red.rows_reduce(["sm"], f32, "merge_sum", T, B, "b")
-    body = ["tid = gpu.threadIdx.x", "lane = tid & 31", "warp = tid >> 5",
-            f"t = tid & {T - 1}", f"row = gpu.blockIdx.x * {B // T} + (tid >> {red.log2(T)})",
-            *alloc_a, *alloc_b, "n = r if row < rows else 0", "base = row * r", "mx = LOW"]
-    for k in range(K):
-        body += [f"j{k} = t + {k * T}", f"v{k} = LOW", f"if j{k} < n:",
-                 f"    v{k} = {red.load_expr(f'x[base + j{k}]', bf16)}"]
+    body = [*row_index.head(T, B, exact, n="r"), *alloc_a, *alloc_b, *row_index.slots(T, K),
+            "mx = LOW"]
+    body += row_index.each(K, [f"v{{k}} = {red.load_expr('x[base + j{k}]', bf16)}"], exact,
+                      default=["v{k} = LOW"])
     body += [f"mx = v{k} if v{k} > mx or v{k} != v{k} else mx" for k in range(K)]
     body += red_max
     body += ["shift = mx"] + (["if not finite(mx):", "    shift = A(0)"] if log else [])
     body.append("sm = A(0)")
-    for k in range(K):
-        body.append(f"if j{k} < n:")
-        body += ([f"    sm += exp_(v{k} - shift)"] if log else
-                 [f"    v{k} = exp_(v{k} - shift)", f"    sm += v{k}"])
+    body += row_index.each(K, ["sm += exp_(v{k} - shift)"] if log else
+                      ["v{k} = exp_(v{k} - shift)", "sm += v{k}"], exact)
     body += red_sum
     body.append("lse = log_(sm)" if log else "inv = A(1) / sm")
     value = "(v{k} - shift) - lse" if log else "v{k} * inv"
-    for k in range(K):
-        body += [f"if j{k} < n:", f"    out[base + j{k}] = "
-                 f"{red.store_expr(value.format(k=k), dt)}"]
-    k = _kernels[key] = red.build(name, _source(name, "x, out, rows, r", body),
-                                  red.namespace(acc), __name__, threads=B)
+    body += row_index.stores(K, [f"out[base + j{{k}}] = {red.store_expr(value, dt)}"], exact)
+    ns = dict(red.namespace(acc), U=row_index.U)
+    k = _kernels[key] = red.build(name, _source(name, "x, out, rows, r", body), ns, __name__,
+                                  threads=B)
     return k
 
 
@@ -201,8 +182,8 @@ def _run_planned(x: Any, out: Any, axis: int, log: bool, config: Config) -> None
         K = red.pow2ceil(-(-n // T))
         if K <= min(KMAX, config.kmax):
             B = max(T, config.block)
-            gpu.launch(_row_kernel(dt, acc, log, T, B, K), -(-outer // (B // T)), B,
-                       [xs, os_, outer, n])
+            gpu.launch(_row_kernel(dt, acc, log, T, B, K, row_index.is_exact(n, T, K)),
+                       -(-outer // (B // T)), B, [xs, os_, outer, n])
             return
     else:
         TX = min(32, red.pow2ceil(inner))
@@ -233,7 +214,9 @@ def _run_planned(x: Any, out: Any, axis: int, log: bool, config: Config) -> None
 CONFIGS = [Config(block=256, work=8, kmax=KMAX, split=0),
            Config(block=256, work=16, kmax=KMAX, split=0),
            Config(block=128, work=8, kmax=KMAX, split=0),
-           Config(block=512, work=4, kmax=KMAX, split=0)]
+           Config(block=512, work=4, kmax=KMAX, split=0),
+           Config(block=256, work=32, kmax=KMAX, split=0),
+           Config(block=128, work=32, kmax=KMAX, split=0)]
 """``block``: threads a block (at least); ``work``: elements a thread aims at (rows of 4096
 in groups of 512 threads, 8 registers each); ``kmax``: most elements a thread keeps in
 registers (longer lines take the two-pass path); ``split``: at least this many segments a
@@ -248,14 +231,15 @@ def _heuristic(metas: Sequence[Any], attrs: dict[str, Any]) -> Config:
 
 # alias_ok: each element is read before its own output is written, by the same thread, so
 # out=x is safe.
-@kernel("softmax", backend="cuda", dtypes=dtypes.FLOATS, configs=CONFIGS, heuristic=_heuristic)
+@kernel("softmax", backend="cuda", dtypes=dtypes.FLOATS, configs=CONFIGS, heuristic=_heuristic,
+        replays=True)
 def softmax_cuda(x: Any, *, out: Any, config: Config, axis: int) -> None:
     """Softmax along ``axis`` (already normalized to a non-negative int)."""
     _run(x, out, axis, False, config)
 
 
 @kernel("log_softmax", backend="cuda", dtypes=dtypes.FLOATS, configs=CONFIGS,
-        heuristic=_heuristic)
+        heuristic=_heuristic, replays=True)
 def log_softmax_cuda(x: Any, *, out: Any, config: Config, axis: int) -> None:
     """Log-softmax along ``axis`` (already normalized to a non-negative int)."""
     _run(x, out, axis, True, config)

@@ -1,0 +1,62 @@
+"""Plans of ``replays`` kernels: from the third call of a signature the eager path replays the
+recorded launches with the new arrays' addresses and skips the kernel's host code, and the
+results stay right; calls that must not replay (overlapping operands) keep running the kernel."""
+
+import numpy as np
+import pytest
+
+import tsol
+from tests.cuda.support import COMPILE_ONLY, CUDA_TESTS, on_cuda, size, to_device, to_host
+from tests.support import assert_close, rand, reference
+from tsol.kernels.cuda import elementwise, normalization, reduction, softmax
+from tsol.ops import base
+
+pytestmark = [*CUDA_TESTS, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
+
+CASES = {
+    "add": (elementwise, "launch", 2, {}),
+    "exp": (elementwise, "launch", 1, {}),
+    "softmax": (softmax, "_run", 1, {"axis": -1}),
+    "layernorm": (normalization, "_run", 3, {"eps": 1e-5}),
+    "sum": (reduction, "reduce", 1, {"axis": -1}),
+}
+"""op -> (kernel module, the function its kernel's impl calls, operands, attrs)."""
+
+
+def _inputs(op, n_in, rng):
+    n = size(13, 1031)
+    x = rand((3, n), np.float32, rng)
+    if op == "layernorm":
+        return [x, rand((n,), np.float32, rng), rand((n,), np.float32, rng)]
+    return [rand((3, n), np.float32, rng) for _ in range(n_in)]
+
+
+@pytest.mark.parametrize("op", sorted(CASES))
+def test_third_call_replays_without_host_planning(op, rng, monkeypatch):
+    module, planner, n_in, attrs = CASES[op]
+    fn = getattr(tsol, op)
+    with on_cuda():
+        for call in range(4):
+            if call == 2:
+                def fail(*a, **k):
+                    raise AssertionError(f"{op}: the kernel's host code ran on a replayed call")
+                monkeypatch.setattr(module, planner, fail)
+            host = _inputs(op, n_in, rng)
+            got = fn(*[to_device(h) for h in host], **attrs)
+            if not COMPILE_ONLY:
+                scale = host[0].shape[-1] ** 0.5 if op == "sum" else 1.0   # terms summed
+                assert_close(to_host(got), reference(op, *host, **attrs), np.float32,
+                             scale=scale)
+    plans = [p for p in base._plans.values() if p.kern.op == op and p.replay is not None]
+    assert plans, f"{op}: no replaying plan was stored"
+
+
+def test_overlapping_operands_keep_running_the_kernel(rng):
+    """add(x, x): the recorder refuses overlapping operands, so every call plans (and is right)."""
+    with on_cuda():
+        for _ in range(3):
+            host = rand((2, size(9, 999)), np.float32, rng)
+            x = to_device(host)
+            got = tsol.add(x, x)
+            if not COMPILE_ONLY:
+                assert_close(to_host(got), 2.0 * host.astype(np.float64), np.float32)
