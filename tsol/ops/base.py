@@ -310,7 +310,9 @@ def _signature_key(opdef: OpDef, args: Sequence[Any], kwargs: dict[str, Any]) ->
 
 def call(opdef: OpDef, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     """Run ``opdef`` eagerly (or record it while capturing); the body of every public op."""
-    key = _signature_key(opdef, args, kwargs) if not opdef.extra else None
+    # Sequence inputs (lists) never key a plan; ``prepare`` only rewrites dict attrs, which
+    # never do either.
+    key = _signature_key(opdef, args, kwargs) if "sequence_inputs" not in opdef.extra else None
     if key is not None:
         try:
             plan = _plans.get(key)
