@@ -139,20 +139,25 @@ def _ce_kernel(dt: np.dtype, tdt: np.dtype | None, acc: np.dtype, sink: str, ign
     # The register path indexes with unsigned offsets (``row_index``), the streaming one signed.
     head = row_index.head(T, B, False) if regs else [
         *_head(T, B), "m = n if row < rows else 0", "base = row * n"]
-    body = [*head, *alloc_a, *alloc_b, "mx = LOW",
+    # The target's class and logit are fetched first, so that their dependent loads overlap
+    # the row's instead of following the reductions.
+    cast = "U" if regs else "I64"            # the offsets' signedness (a mix computes in float)
+    fetch = [] if probs else [
+        "ti = I64(0)", "xt = A(0)", "if t == 0 and row < rows:", "    ti = I64(tg[row])",
+        "    if ti >= 0 and ti < n:",
+        f"        xt = {red.load_expr(f'x[base + {cast}(ti)]', bf16)}"]
+    body = [*head, *alloc_a, *alloc_b, *fetch, "mx = LOW",
             *_passes(first, second, loads, between, regs, T, K, U), *tree_b]
     tail = ["ls = log_(np.float64(s))"]
     if probs:
         # A row of no classes (or of zero probabilities) adds nothing, even where ls is -inf.
         tail += ["loss = np.float64(spd) + (ls * np.float64(sp) if sp != A(0) else 0.0)"]
     else:
-        cast = "U" if regs else "I64"        # the offsets' signedness (a mix computes in float)
-        tail += ["ti = I64(tg[row])", "st = 1"]
+        tail += ["st = 1"]
         tail += ["if ti == ign:", "    loss = 0.0", "    st = 0", "elif ti < 0 or ti >= n:"] \
             if ignore else ["if ti < 0 or ti >= n:"]
         tail += ["    loss = np.float64(np.nan)", "    st = 2", "else:",
-                 "    loss = (np.float64(shift) + ls) - np.float64("
-                 f"{red.load_expr(f'x[base + {cast}(ti)]', bf16)})", "stat[row] = np.int8(st)"]
+                 "    loss = (np.float64(shift) + ls) - np.float64(xt)", "stat[row] = np.int8(st)"]
     tail.append(f"out[row] = {red.store_expr('loss', dt)}" if sink == "none" else
                 "per[row] = loss")
     body += ["if t == 0 and row < rows:", *("    " + s for s in tail)]

@@ -309,6 +309,14 @@ def cols_reduce(vs: Sequence[str], dts: Sequence[np.dtype], merge: str, TX: int,
     return alloc, body
 
 
+def cols_head(TX: int) -> list[str]:
+    """Kernel lines placing a thread of a column block (``TX`` adjacent columns x row lanes,
+    ``tiles`` blocks per outer index): ``tid``, ``tx``, ``ty``, the outer index ``p`` and the
+    column ``col``."""
+    return ["tid = gpu.threadIdx.x", f"tx = tid & {TX - 1}", f"ty = tid >> {log2(TX)}",
+            "bx = gpu.blockIdx.x", "p = bx // tiles", f"col = (bx - p * tiles) * {TX} + tx"]
+
+
 def indent(lines: Sequence[str], n: int) -> str:
     pad = " " * n
     return "\n".join(pad + line for line in lines)
@@ -418,9 +426,7 @@ def _fold_kernel(layout: str, kind: str, src_dt: np.dtype, bf16: bool, acc: np.d
                 "while j < hi:",
                 f"    {tup(cs)} = update({state}, {load_expr('x[base + j * inner]', bf16)}, j)",
                 f"    j += {TY}"]
-        body = ["tid = gpu.threadIdx.x", f"tx = tid & {TX - 1}", f"ty = tid >> {log2(TX)}",
-                "bx = gpu.blockIdx.x", "p = bx // tiles", f"col = (bx - p * tiles) * {TX} + tx",
-                *alloc, *init, "if col < inner:", *("    " + s for s in loop), *red,
+        body = [*cols_head(TX), *alloc, *init, "if col < inner:", *("    " + s for s in loop), *red,
                 "if ty == 0 and col < inner:", "    o = p * inner + col",
                 *("    " + s for s in sink_lines("o * gpu.gridDim.y + gpu.blockIdx.y"))]
     source = funcs + f"\n\ndef {name}({params}):\n" + indent(body, 4) + "\n"
@@ -670,5 +676,6 @@ for _op in ("argmax", "argmin"):
 
 
 __all__ = ["KINDS", "ONLINE_MERGES", "run", "reduce", "plan", "row_schedule", "col_schedule",
-           "rows_reduce", "cols_reduce", "load_expr", "store_expr", "namespace", "build",
-           "pow2ceil", "log2", "tup", "indent", "sms", "unroll", "shfl", "exp_", "log_", "sqrt_"]
+           "rows_reduce", "cols_reduce", "cols_head", "load_expr", "store_expr", "namespace",
+           "build", "pow2ceil", "log2", "tup", "indent", "sms", "unroll", "shfl", "exp_", "log_",
+           "sqrt_"]

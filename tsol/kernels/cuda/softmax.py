@@ -104,9 +104,7 @@ def _col_kernel(dt: np.dtype, acc: np.dtype, log: bool, TX: int, TY: int, K: int
     name = f"{'log_' if log else ''}softmax_col_{tag}_x{TX}_y{TY}_k{K}"
     alloc, tree = red.cols_reduce(["cm", "cs"], [np.dtype(acc)] * 2, "merge", TX, TY, "c",
                                   broadcast=True)
-    body = ["tid = gpu.threadIdx.x", f"tx = tid & {TX - 1}", f"ty = tid >> {red.log2(TX)}",
-            "bx = gpu.blockIdx.x", "p = bx // tiles", f"col = (bx - p * tiles) * {TX} + tx",
-            *alloc, "n = r if col < inner else 0", "base = p * r * inner + col",
+    body = [*red.cols_head(TX), *alloc, "n = r if col < inner else 0", "base = p * r * inner + col",
             "cm = LOW", "cs = A(0)"]
     for k in range(K):
         body += [f"j{k} = ty + {k * TY}", f"v{k} = LOW", f"if j{k} < n:",
@@ -132,9 +130,8 @@ def _apply_kernel(dt: np.dtype, acc: np.dtype, log: bool, TX: int, TY: int, K: i
     bf16 = dt == dtypes.bfloat16
     tag = "bf16" if bf16 else dt.name
     name = f"{'log_' if log else ''}softmax_apply_{tag}_x{TX}_y{TY}_k{K}"
-    body = ["tid = gpu.threadIdx.x", f"tx = tid & {TX - 1}", f"ty = tid >> {red.log2(TX)}",
-            "bx = gpu.blockIdx.x", "p = bx // tiles", f"col = (bx - p * tiles) * {TX} + tx",
-            "if col < inner:", "    o = p * inner + col", "    cm = m[o]", "    cs = s[o]"]
+    body = [*red.cols_head(TX), "if col < inner:", "    o = p * inner + col", "    cm = m[o]",
+            "    cs = s[o]"]
     loop = [*_finish(log, "cm", "cs"), "base = p * r * inner + col",
             "lo = gpu.blockIdx.y * seg", "hi = min(lo + seg, r)", "j = lo + ty",
             f"while j < hi - {(K - 1) * TY}:"]
