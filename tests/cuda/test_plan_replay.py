@@ -60,3 +60,35 @@ def test_overlapping_operands_keep_running_the_kernel(rng):
             got = tsol.add(x, x)
             if not COMPILE_ONLY:
                 assert_close(to_host(got), 2.0 * host.astype(np.float64), np.float32)
+
+
+def test_relocated_launch_writes_pointers_and_keeps_other_slots():
+    """``Prepared.relocated``: each pointer slot gets its array's pointer plus the offset, the
+    other packed values stay, and the launch gets the current stream (a fake driver records
+    the argument buffer; no GPU needed)."""
+    from types import SimpleNamespace
+
+    from tsol.kernels.cuda import gpu
+
+    seen = []
+
+    def launch_kernel(func, gx, gy, gz, bx, by, bz, shared, stream, params, extra):
+        addrs = np.ctypeslib.as_array((np.ctypeslib.ctypes.c_uint64 * 5).from_address(params))
+        values = [int(np.ctypeslib.ctypes.c_uint64.from_address(int(a)).value) for a in addrs]
+        seen.append((func, (gx, gy, gz), (bx, by, bz), shared, stream, values))
+
+    launcher = SimpleNamespace(
+        driver=SimpleNamespace(launchKernel=launch_kernel), func="f",
+        cupy=SimpleNamespace(cuda=SimpleNamespace(
+            get_current_stream=lambda: SimpleNamespace(ptr=77))))
+    p = gpu.Prepared.__new__(gpu.Prepared)
+    p.launcher, p.grid, p.block, p.shared = launcher, (3, 1, 1), (128, 1, 1), 0
+    p.packed = np.array([11, 0, 22, 0, 33], np.uint64)
+    p.pointer_slots = [1, 3]
+    run = p.relocated([(1, 16), (0, 0)])
+    arrays = [SimpleNamespace(data=SimpleNamespace(ptr=1000)),
+              SimpleNamespace(data=SimpleNamespace(ptr=5000))]
+    run(arrays)
+    run(arrays[::-1])
+    assert seen[0] == ("f", (3, 1, 1), (128, 1, 1), 0, 77, [11, 5016, 22, 1000, 33])
+    assert seen[1][-1] == [11, 1016, 22, 5000, 33]

@@ -435,6 +435,30 @@ class Prepared:
         self.launcher.run(self.grid, self.block, self.shared, packed)
 
 
+    def relocated(self, relocs: Sequence[tuple[int, int]]) -> Callable[[Sequence[Any]], None]:
+        """This launch as one flat function of arrays: pointer slot k gets the data pointer of
+        ``arrays[relocs[k][0]]`` plus byte offset ``relocs[k][1]``. Each thread packs into its
+        own argument buffer, written whole once; a call rewrites the pointer slots alone."""
+        launcher, grid, block, shared = self.launcher, self.grid, self.block, self.shared
+        spec = [(slot, i, off) for slot, (i, off) in zip(self.pointer_slots, relocs)]
+        packed, local = self.packed.copy(), threading.local()
+        launch_kernel, func = launcher.driver.launchKernel, launcher.func
+        current_stream = launcher.cupy.cuda.get_current_stream
+
+        def run(arrays: Sequence[Any]) -> None:
+            bufs = getattr(local, "bufs", None)
+            if bufs is None:
+                values = packed.copy()
+                bufs = local.bufs = (values, values.ctypes.data + 8 * np.arange(
+                    len(values), dtype=np.uint64))
+            values, ptrs = bufs
+            for slot, i, off in spec:
+                values[slot] = arrays[i].data.ptr + off
+            launch_kernel(func, grid[0], grid[1], grid[2], block[0], block[1], block[2], shared,
+                          current_stream().ptr, ptrs.ctypes.data, 0)
+        return run
+
+
 def prepare(kern: Kernel, grid: Any, block: Any, args: Sequence[Any],
             shared: int = 0) -> Prepared | None:
     """A ``Prepared`` launch of ``kern`` for arguments laid out like ``args``; None under the

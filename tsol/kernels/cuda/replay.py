@@ -155,6 +155,37 @@ class _Replay:
             prepared([bases[i] + off for i, off in relocs])
 
 
+    def fast(self) -> Callable[[Sequence[Any]], None] | None:
+        """The replay as one flat launch function (``gpu.Prepared.relocated``) when it is a
+        single launch without scratch on a GPU; else None."""
+        if gpu.HOST_ARRAYS or self.scratch or len(self.steps) != 1:
+            return None
+        prepared, relocs = self.steps[0]
+        return prepared.relocated(relocs)
+
+
+class PlanReplay:
+    """The launches of one eager-call signature (``Backend.replayer``): the first call records
+    them, later calls replay them, through the flat launch function where there is one."""
+
+    __slots__ = ("replays", "flat")
+
+    def __init__(self) -> None:
+        self.replays = Replays(limit=1)
+        self.flat: Callable[[Sequence[Any]], None] | None = None
+
+    def __call__(self, arrays: Sequence[Any], run: Callable[[], Any]) -> None:
+        # Inside another call's recording the launches must reach its recorder: no flat path.
+        recording = getattr(_state, "rec", None) is not None
+        if self.flat is not None and not recording:
+            self.flat(arrays)
+            return
+        self.replays.run(None, arrays, run)
+        found = self.replays.cache.get(None)
+        if found and not recording:
+            self.flat = found.fast()
+
+
 class Replays:
     """Per-layout replays of one kernel family: ``run(key, arrays, planned)``.
 
@@ -191,4 +222,4 @@ def recorder() -> _Recorder | None:
     return getattr(_state, "rec", None)
 
 
-__all__ = ["Replays", "scratch", "recorder", "data_ptr"]
+__all__ = ["PlanReplay", "Replays", "scratch", "recorder", "data_ptr"]
