@@ -21,11 +21,16 @@ ldmatrix. The V tile streams in while S is computed, the next K tile while P V i
 are padded by 16 bytes against bank conflicts. The heuristic picks it whenever the dtype and
 head dims allow (and no explicit tiles are asked); the SIMT kernel covers everything else.
 
-rope: a 2-d grid-stride kernel over the rows of x viewed as ``(rows, D)``: TX threads along the
-pairs of a row, TY rows a block, U rows a thread in flight. Angles are ``pos * inv_freq[i]``
-in float64 (``inv_freq`` a small cached table, NumPy's float64 powers), reduced to
-[-pi, pi] in float64, then cos/sin in float32 (the special-function unit's for float16 and
-bfloat16; float64 for float64): one read and one write of x, no table of positions.
+rope: first a small kernel fills the cos/sin table of the ``period`` distinct row positions x
+D/2 pairs: angles ``pos * inv_freq[i]`` in float64 (``inv_freq`` a small cached table, NumPy's
+float64 powers), reduced to [-pi, pi] in float64, then cos/sin in float32 (the
+special-function unit's for float16 and bfloat16; float64 for float64). Then a 2-d
+grid-stride kernel over the rows of x viewed as ``(rows, D)`` (TX threads along the pairs of a
+row, TY rows a block, U rows a thread in flight) rotates each pair by its row's table entries
+(row r has position ``r % period``): one read and one write of x, the table read from cache,
+and no transcendental per element of x. When the positions are nearly one a row (``period``
+above a quarter of the rows) the table would be as large as x: the rows compute their own
+angles instead.
 """
 
 from __future__ import annotations
@@ -473,14 +478,93 @@ else:
         return gpu.libdevice.fast_sinf(x)
 
 
-def _rope_kernel(dt: np.dtype, indexed: bool, TX: int, TY: int, U: int) -> gpu.Kernel:
-    """Rows of the ``(rows, D)`` x: TX threads along the pairs, TY x U rows a block step;
-    ``indexed``: row r's position is ``pos[r % period]``, else ``r % period``."""
-    key = ("rope", dt.str, indexed, TX, TY, U)
+def _angle_lines(acc: np.dtype, p: str, w: str) -> list[str]:
+    """``ang`` = position ``p`` x inverse frequency ``w`` (float64), reduced to [-pi, pi] in
+    float64 and rounded to the compute type for float32 compute."""
+    lines = [f"ang = {p} * {w}"]
+    if acc == np.float32:
+        lines += ["n = math.floor(ang * INV_TWO_PI + 0.5)",
+                  "ang = A((ang - n * TWO_PI_HI) - n * TWO_PI_LO)"]
+    return lines
+
+
+def _rope_namespace(dt: np.dtype) -> dict[str, Any]:
+    fast = dt in (dtypes.float16, dtypes.bfloat16)
+    return dict(red.namespace(_acc(dt)), TWO_PI_HI=TWO_PI_HI, TWO_PI_LO=TWO_PI_LO,
+                INV_TWO_PI=1.0 / TWO_PI_HI, cos_=fast_cos if fast else math.cos,
+                sin_=fast_sin if fast else math.sin, U32=np.uint32)
+
+
+TABLE_BLOCK = 256
+TABLE_SHARE = 4
+"""The table serves calls with at least this many rows of x a distinct row position; the
+others compute their angles per element (``_rope_direct_kernel``)."""
+
+
+def _rope_table_kernel(dt: np.dtype, indexed: bool) -> gpu.Kernel:
+    """cos and sin of every (position q < period, pair i < half) angle, in the compute type:
+    the table the rows of x share."""
+    key = ("rope_table", dt.str, indexed)
+    if key in _kernels:
+        return _kernels[key]
+    name = f"rope_table_{_tag(dt)}_{'pos' if indexed else 'seq'}"
+    B = TABLE_BLOCK
+    body = [f"e = gpu.blockIdx.x * {B} + gpu.threadIdx.x", f"step = gpu.gridDim.x * {B}",
+            "total = period * half", "while e < total:", "    q = e // half",
+            "    i = e - q * half",
+            f"    p = np.float64({'pos[q]' if indexed else 'q'})",
+            *("    " + s for s in _angle_lines(_acc(dt), "p", "inv[i]")),
+            "    cs[e] = cos_(ang)", "    sn[e] = sin_(ang)", "    e += step"]
+    source = f"def {name}(pos, inv, cs, sn, period, half):\n" + red.indent(body, 4) + "\n"
+    k = _kernels[key] = red.build(name, source, _rope_namespace(dt), __name__)
+    return k
+
+
+def _rope_kernel(dt: np.dtype, narrow: bool, TX: int, TY: int, U: int) -> gpu.Kernel:
+    """Rows of the ``(rows, D)`` x: TX threads along the pairs, TY x U rows a block step; row
+    r reads the table row ``r % period``; ``narrow``: rows fit 32 bits (a cheaper modulo)."""
+    key = ("rope", dt.str, narrow, TX, TY, U)
+    if key in _kernels:
+        return _kernels[key]
+    name = f"rope_{_tag(dt)}_{'n' if narrow else 'w'}_x{TX}_y{TY}_u{U}"
+    body = ["tid = gpu.threadIdx.x", f"tx = tid & {TX - 1}", f"ty = tid >> {red.log2(TX)}",
+            "rows = x.shape[0]", "half = x.shape[1] // 2",
+            f"r = gpu.blockIdx.x * {TY * U} + ty", f"step = gpu.gridDim.x * {TY * U}",
+            "while r < rows:"]
+    loop = []
+    for u in range(U):
+        at = (f"I64(U32(r + {u * TY}) % U32(period))" if narrow else
+              f"(r + {u * TY}) % period")
+        loop.append(f"t{u} = {at} * half")
+    loop += ["i = tx", "while i < half:"]
+    inner = []
+    for u in range(U):
+        inner += [f"ok{u} = r + {u * TY} < rows", f"x0_{u} = A(0)", f"x1_{u} = A(0)",
+                  f"if ok{u}:",
+                  f"    x0_{u} = {_load(f'x[r + {u * TY}, 2 * i]', dt)}",
+                  f"    x1_{u} = {_load(f'x[r + {u * TY}, 2 * i + 1]', dt)}"]
+    for u in range(U):
+        inner += [f"cs = cos_t[t{u} + i]", f"sn = sin_t[t{u} + i]", f"if ok{u}:",
+                  f"    out[r + {u * TY}, 2 * i] = "
+                  f"{red.store_expr(f'x0_{u} * cs - x1_{u} * sn', dt)}",
+                  f"    out[r + {u * TY}, 2 * i + 1] = "
+                  f"{red.store_expr(f'x0_{u} * sn + x1_{u} * cs', dt)}"]
+    loop += ["    " + line for line in inner + [f"i += {TX}"]]
+    body += ["    " + line for line in loop + ["r += step"]]
+    source = f"def {name}(x, out, cos_t, sin_t, period):\n" + red.indent(body, 4) + "\n"
+    k = _kernels[key] = red.build(name, source, _rope_namespace(dt), __name__)
+    return k
+
+
+def _rope_direct_kernel(dt: np.dtype, indexed: bool, TX: int, TY: int, U: int) -> gpu.Kernel:
+    """Rows of the ``(rows, D)`` x as ``_rope_kernel``, each computing its own angles (for
+    positions nearly one a row, where a table would be as large as x): ``indexed``: row r's
+    position is ``pos[r % period]``, else ``r % period``."""
+    key = ("rope_direct", dt.str, indexed, TX, TY, U)
     if key in _kernels:
         return _kernels[key]
     acc = _acc(dt)
-    name = f"rope_{_tag(dt)}_{'pos' if indexed else 'seq'}_x{TX}_y{TY}_u{U}"
+    name = f"rope_direct_{_tag(dt)}_{'pos' if indexed else 'seq'}_x{TX}_y{TY}_u{U}"
     body = ["tid = gpu.threadIdx.x", f"tx = tid & {TX - 1}", f"ty = tid >> {red.log2(TX)}",
             "rows = x.shape[0]", "half = x.shape[1] // 2",
             f"r = gpu.blockIdx.x * {TY * U} + ty", f"step = gpu.gridDim.x * {TY * U}",
@@ -497,10 +581,7 @@ def _rope_kernel(dt: np.dtype, indexed: bool, TX: int, TY: int, U: int) -> gpu.K
                   f"    x0_{u} = {_load(f'x[r + {u * TY}, 2 * i]', dt)}",
                   f"    x1_{u} = {_load(f'x[r + {u * TY}, 2 * i + 1]', dt)}"]
     for u in range(U):
-        inner.append(f"ang = p{u} * w")
-        if acc == np.float32:
-            inner += ["n = math.floor(ang * INV_TWO_PI + 0.5)",
-                      "ang = A((ang - n * TWO_PI_HI) - n * TWO_PI_LO)"]
+        inner += _angle_lines(acc, f"p{u}", "w")
         inner += ["cs = cos_(ang)", "sn = sin_(ang)", f"if ok{u}:",
                   f"    out[r + {u * TY}, 2 * i] = "
                   f"{red.store_expr(f'x0_{u} * cs - x1_{u} * sn', dt)}",
@@ -509,11 +590,7 @@ def _rope_kernel(dt: np.dtype, indexed: bool, TX: int, TY: int, U: int) -> gpu.K
     loop += ["    " + line for line in inner + [f"i += {TX}"]]
     body += ["    " + line for line in loop + ["r += step"]]
     source = f"def {name}(x, out, pos, inv, period):\n" + red.indent(body, 4) + "\n"
-    fast = dt in (dtypes.float16, dtypes.bfloat16)
-    ns = dict(red.namespace(acc), TWO_PI_HI=TWO_PI_HI, TWO_PI_LO=TWO_PI_LO,
-              INV_TWO_PI=1.0 / TWO_PI_HI, cos_=fast_cos if fast else math.cos,
-              sin_=fast_sin if fast else math.sin)
-    k = _kernels[key] = red.build(name, source, ns, __name__)
+    k = _kernels[key] = red.build(name, source, _rope_namespace(dt), __name__)
     return k
 
 
@@ -584,8 +661,18 @@ def rope_cuda(x: Any, positions: Any, *, out: Any, config: Config, theta: float)
     U = config.unroll
     rows = x2.shape[0]
     grid = max(1, min(gpu.cdiv(rows, TY * U), GRID_CAP))
-    kern = _rope_kernel(dt, indexed, TX, TY, U)
-    _launch(kern, grid, config.block, [x2, o2, pos, inv_freq(d, theta), int(period)])
+    if period * TABLE_SHARE > rows:
+        kern = _rope_direct_kernel(dt, indexed, TX, TY, U)
+        _launch(kern, grid, config.block, [x2, o2, pos, inv_freq(d, theta), int(period)])
+        return
+    acc = _acc(dt)
+    xp = gpu.array_module()
+    cos_t, sin_t = xp.empty(period * half, acc), xp.empty(period * half, acc)
+    tgrid = max(1, min(gpu.cdiv(period * half, TABLE_BLOCK), GRID_CAP))
+    _launch(_rope_table_kernel(dt, indexed), tgrid, TABLE_BLOCK,
+            [pos, inv_freq(d, theta), cos_t, sin_t, int(period), int(half)])
+    kern = _rope_kernel(dt, rows + TY * U * grid < 2 ** 31, TX, TY, U)
+    _launch(kern, grid, config.block, [x2, o2, cos_t, sin_t, int(period)])
 
 
 __all__ = ["flash_attention_simt", "flash_attention_tc", "tc_eligible", "simt_shared_bytes",
