@@ -9,6 +9,7 @@ import tsol
 from tests.cuda.support import COMPILE_ONLY, CUDA_TESTS, on_cuda, size, to_device, to_host
 from tests.support import rand, reference
 from tsol.kernels.cuda import layout, random, reduction, replay, softmax
+from tsol.ops import base
 from tsol.registry import Config
 
 pytestmark = [*CUDA_TESTS, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
@@ -16,9 +17,11 @@ pytestmark = [*CUDA_TESTS, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 
 @pytest.fixture
 def fresh(monkeypatch):
-    """Empty replay caches for the reduction and softmax kernels."""
+    """Empty replay caches for the reduction and softmax kernels, and no eager-call plans
+    (whose own replays would skip the kernels' caches)."""
     monkeypatch.setattr(reduction, "_replays", replay.Replays())
     monkeypatch.setattr(softmax, "_replays", replay.Replays())
+    monkeypatch.setattr(base, "_plans", {})
 
 
 def _no_planning(monkeypatch, module, name):
