@@ -594,6 +594,33 @@ def _rope_direct_kernel(dt: np.dtype, indexed: bool, TX: int, TY: int, U: int) -
     return k
 
 
+_tables: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+"""cos/sin tables of the default positions (``0 .. period - 1``), per compute dtype, period,
+D, theta and device."""
+
+
+def _rope_table(dt: np.dtype, pos: Any, period: int, d: int, theta: float) -> tuple[Any, Any]:
+    """The (cos, sin) tables of ``period`` positions (``pos``, or ``0 .. period - 1`` when
+    None: those are computed once and kept) x D/2 pairs."""
+    device = -1 if gpu.HOST_ARRAYS else gpu.array_module().cuda.runtime.getDevice()
+    key = (_acc(dt).str, dt == dtypes.float16 or dt == dtypes.bfloat16, period, d, theta,
+           device)
+    if pos is None and key in _tables:
+        return _tables[key]
+    half = d // 2
+    xp = gpu.array_module()
+    tables = xp.empty(period * half, _acc(dt)), xp.empty(period * half, _acc(dt))
+    grid = max(1, min(gpu.cdiv(period * half, TABLE_BLOCK), GRID_CAP))
+    _launch(_rope_table_kernel(dt, pos is not None), grid, TABLE_BLOCK,
+            [inv_freq(2, 1.0) if pos is None else pos, inv_freq(d, theta), *tables, period,
+             half])
+    if pos is None:
+        if len(_tables) > 64:
+            _tables.clear()
+        _tables[key] = tables
+    return tables
+
+
 _inv_freq: dict[tuple[Any, ...], Any] = {}
 
 
@@ -665,12 +692,7 @@ def rope_cuda(x: Any, positions: Any, *, out: Any, config: Config, theta: float)
         kern = _rope_direct_kernel(dt, indexed, TX, TY, U)
         _launch(kern, grid, config.block, [x2, o2, pos, inv_freq(d, theta), int(period)])
         return
-    acc = _acc(dt)
-    xp = gpu.array_module()
-    cos_t, sin_t = xp.empty(period * half, acc), xp.empty(period * half, acc)
-    tgrid = max(1, min(gpu.cdiv(period * half, TABLE_BLOCK), GRID_CAP))
-    _launch(_rope_table_kernel(dt, indexed), tgrid, TABLE_BLOCK,
-            [pos, inv_freq(d, theta), cos_t, sin_t, int(period), int(half)])
+    cos_t, sin_t = _rope_table(dt, pos if indexed else None, int(period), d, theta)
     kern = _rope_kernel(dt, rows + TY * U * grid < 2 ** 31, TX, TY, U)
     _launch(kern, grid, config.block, [x2, o2, cos_t, sin_t, int(period)])
 
