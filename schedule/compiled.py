@@ -22,7 +22,7 @@ from tsol.ops.base import SCALAR_TYPES, meta_of
 from . import passes
 from .capture import trace, unflatten
 from .graph import Graph
-from .lower import Schedule, lower, run
+from .lower import LaunchReplay, Schedule, lower, run
 
 
 class Executable:
@@ -40,9 +40,16 @@ class Executable:
 
         self.replay: Any = None
         """A ``cuda_graph.GraphReplay`` when the function replays as CUDA graphs."""
+        self.launches = LaunchReplay.build(schedule)
+        """The schedule's recorded launches (``lower.LaunchReplay``) where it can replay them."""
 
     def __call__(self, arrays: Sequence[Any]) -> Any:
-        values = self.replay(arrays) if self.replay is not None else run(self.schedule, arrays)
+        if self.replay is not None:
+            values = self.replay(arrays)
+        elif self.launches is not None:
+            values = self.launches(arrays)
+        else:
+            values = run(self.schedule, arrays)
         return unflatten(self.structure, values)
 
     def explain(self) -> str:

@@ -285,3 +285,50 @@ def run(s: Schedule, inputs: Sequence[Any], bufs: list[Any] | None = None,
         for r in L.frees:
             env.pop(r, None)
     return [value(src) for src in s.outputs]
+
+
+class LaunchReplay:
+    """A schedule's launches recorded on one call and replayed on later ones (the backend's
+    ``replayer``, as eager calls do), for schedules of ``replays`` kernels only: each call
+    allocates its results and intermediates and relocates the recorded launches to them, the
+    inputs and the schedule's constant arrays, instead of running each kernel's host code."""
+
+    def __init__(self, s: Schedule, rec: Any) -> None:
+        self.s, self.rec = s, rec
+        self.outputs = [L for L in s.launches if L.buffer is None]
+        self.constants = [v for L in s.launches for kind, v in _flat_sources(L.sources)
+                          if kind == "value" and hasattr(v, "shape")]
+
+    @staticmethod
+    def build(s: Schedule) -> LaunchReplay | None:
+        """The replay of ``s``, or None where it cannot replay (a decomposition, a view, a
+        kernel not marked ``replays``, a result that is an input or a part, no replayer)."""
+        if not s.launches or any(L.kernel is None or L.kernel.allocates or not L.kernel.replays
+                                 for L in s.launches):
+            return None
+        if any(not (isinstance(src, tuple) and src and src[0] == "node") for src in s.outputs):
+            return None
+        rec = s.backend.replayer()
+        return None if rec is None else LaunchReplay(s, rec)
+
+    def __call__(self, inputs: Sequence[Any]) -> list[Any]:
+        s = self.s
+        b = s.backend
+        outs = {L.node.id: b.empty(L.node.meta.shape, L.node.meta.dtype) for L in self.outputs}
+        bufs = [b.empty(shape, dt) for shape, dt in s.buffers]
+        if config.get().poison_outputs:
+            for a in [*outs.values(), *bufs]:
+                base._poison(a)
+        self.rec([*inputs, *outs.values(), *bufs, *self.constants],
+                 lambda: run(s, inputs, bufs, outs))
+        return [outs[src[1]] for src in s.outputs]
+
+
+def _flat_sources(sources: Sequence[Any]) -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for src in sources:
+        if isinstance(src, tuple) and src and isinstance(src[0], tuple):
+            out += _flat_sources(src)
+        elif src is not None:
+            out.append(src)
+    return out

@@ -92,3 +92,38 @@ def test_relocated_launch_writes_pointers_and_keeps_other_slots():
     run(arrays[::-1])
     assert seen[0] == ("f", (3, 1, 1), (128, 1, 1), 0, 77, [11, 5016, 22, 1000, 33])
     assert seen[1][-1] == [11, 1016, 22, 5000, 33]
+
+
+def test_compiled_pipeline_replays_its_launches(rng, monkeypatch):
+    """From the second call of a signature a compiled pipeline replays its recorded launches
+    (the fused kernel's host code would raise), on each call's own arrays."""
+    from tsol import op
+    from tsol.kernels.cuda import fused
+
+    p = op.pipeline([op.relu, lambda v: v * 2 + 1, op.tanh])
+    with on_cuda():
+        for call in range(4):
+            if call == 2:
+                def fail(*a, **k):
+                    raise AssertionError("the fused kernel's host code ran on a replayed call")
+                monkeypatch.setattr(fused, "launch", fail)
+            host = rand((3, size(13, 1031)), np.float32, rng)
+            got = p(to_device(host))
+            if not COMPILE_ONLY:
+                want = np.tanh(np.maximum(host.astype(np.float64), 0) * 2 + 1)
+                assert_close(to_host(got), want, np.float32)
+        assert p.executable(to_device(host)).launches is not None
+
+
+def test_compiled_integer_power_keeps_checking_exponents(rng):
+    """A fused program with an integer power checks its exponents on every call: a replay
+    would skip that, so such calls are never replayed."""
+    from tsol.errors import ArgumentError
+
+    f = tsol.jit(lambda x, e: (x + 1) ** e)
+    x = np.arange(6, dtype=np.int64).reshape(2, 3)
+    with on_cuda():
+        for _ in range(3):
+            f(to_device(x), to_device(np.ones((2, 3), np.int64)))
+        with pytest.raises(ArgumentError, match="negative"):
+            f(to_device(x), to_device(-np.ones((2, 3), np.int64)))

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tsol.errors import ArgumentError, TSOLError, op_error
-from tsol.kernels.cuda import gpu
+from tsol.kernels.cuda import gpu, replay
 from tsol.kernels.cuda.elementwise import (
     BODIES,
     CLASS_TYPES,
@@ -153,6 +153,8 @@ def _kernel_for(program: Program, plan: ProgramPlan, in_dts: Sequence[np.dtype],
 
 
 def _check_exponents(arrays: Sequence[Any], plan: ProgramPlan) -> None:
+    if plan.int_exponents:
+        replay.unreplayable()                 # a replay would skip this check of the values
     for i in plan.int_exponents:
         if arrays[i].size and bool((arrays[i] < 0).any()):
             raise op_error(ArgumentError, "fused_elementwise", f"operand {i} is an integer "
@@ -194,7 +196,7 @@ def _heuristic(metas: Sequence[Any], attrs: dict[str, Any]) -> Config:
 
 
 @kernel("fused_elementwise", backend="cuda", configs=CONFIGS, supports=_supports,
-        heuristic=_heuristic, launch=describe_launch)
+        heuristic=_heuristic, launch=describe_launch, replays=True)
 def fused_elementwise_cuda(arrays: Sequence[Any], *, out: Any, config: Config,
                            program: Program) -> None:
     launch(arrays, out, program, config.block)

@@ -217,9 +217,17 @@ class Replays:
         self.cache[key] = _Replay(rec, len(arrays)) if rec.ok and rec.steps else None
 
 
+def unreplayable() -> None:
+    """Mark the call being recorded, if any, as not to be replayed: its host code checks the
+    operands' values (a replay would skip the check)."""
+    rec = getattr(_state, "rec", None)
+    if rec is not None:
+        rec.ok = False
+
+
 def recorder() -> _Recorder | None:
     """The recorder of the call being recorded on this thread (``gpu.launch`` reports to it)."""
     return getattr(_state, "rec", None)
 
 
-__all__ = ["PlanReplay", "Replays", "scratch", "recorder", "data_ptr"]
+__all__ = ["PlanReplay", "Replays", "scratch", "recorder", "unreplayable", "data_ptr"]
