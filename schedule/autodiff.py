@@ -66,7 +66,7 @@ def fuse_attention(g: Graph, out: Tracer) -> Tracer:
     forward = passes.canonicalize(g)
     replace = {}
     for n in forward.live():
-        build = passes._attention(n)
+        build = passes.attention_rewrite(n)
         if build is not None:
             replace[n.id] = build
     if not replace:

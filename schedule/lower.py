@@ -70,9 +70,12 @@ class Schedule:
         for i, L in enumerate(self.launches):
             what = L.node.op
             if what in ("fused_elementwise", "fused_reduction"):
-                steps = L.attrs["program"].steps
-                tail = [L.attrs["reduce"]] if what == "fused_reduction" else []
-                what += "[" + " -> ".join([s.op for s in steps] + tail) + "]"
+                program, epilogue = L.attrs.get("program"), L.attrs.get("epilogue")
+                names = [s.op for s in program.steps] if program is not None else []
+                if what == "fused_reduction":
+                    names.append(L.attrs["reduce"])
+                    names += [s.op for s in epilogue.steps] if epilogue is not None else []
+                what += "[" + " -> ".join(names) + "]"
             cfg = "" if L.config is None else f" {L.config}"
             buf = "new" if L.buffer is None else f"buf{L.buffer}"
             lines.append(f"  [{i}] {L.node.label()} {what}: kernel {L.name}{cfg} -> "

@@ -163,7 +163,7 @@ def rewrite(graph: Graph) -> Graph:
         for n in graph.live():
             if any(p.id in replace for p in n.operands()):
                 continue            # one rewrite per neighbourhood per round
-            fn = _attention(n) or _epilogue(n) or _residual_norm(n)
+            fn = attention_rewrite(n) or _epilogue(n) or _residual_norm(n)
             if fn is not None:
                 replace[n.id] = fn
         if not replace:
@@ -246,9 +246,10 @@ def _scores(n: Any) -> tuple[Node, Node, float] | None:
     return ins["a"], ins["b"], scale
 
 
-def _attention(n: Node) -> Any:
+def attention_rewrite(n: Node) -> Any:
     """``softmax(q @ k^T * scale, axis=-1) @ v`` on 4-d [B, H, S, D] operands of one float
-    dtype -> ``flash_attention(q, k, v, scale=scale)``."""
+    dtype -> ``flash_attention(q, k, v, scale=scale)``: the rewrite's builder, or None when
+    ``n`` is not that pattern (``autodiff`` applies it to forwards it differentiates)."""
     if n.op != "matmul":
         return None
     ins = _product_inputs(n)

@@ -24,6 +24,25 @@ from typing import Sequence
 
 import numpy as np
 
+from tsol.registry import Config
+
+KMAX = 32
+"""Most elements a row-kernel thread keeps in registers."""
+
+CONFIGS = [Config(block=256, work=8, kmax=KMAX, split=0),
+           Config(block=256, work=16, kmax=KMAX, split=0),
+           Config(block=128, work=8, kmax=KMAX, split=0),
+           Config(block=512, work=4, kmax=KMAX, split=0),
+           Config(block=256, work=32, kmax=KMAX, split=0),
+           Config(block=128, work=32, kmax=KMAX, split=0)]
+"""The configs of the softmax and norm kernels: ``block``: threads a block (at least);
+``work``: elements a thread aims at (rows of 4096 in groups of 512 threads, 8 registers each);
+``kmax``: most elements a thread keeps in registers (longer rows take the two-pass path);
+``split``: at least this many segments a row in the two-pass statistics (tests). The first is
+the heuristic's: best or within 3% of the best on the H200 (bench/RESULTS.md, 2026-12-04)."""
+SIM_CONFIG = Config(block=32, work=8, kmax=KMAX, split=0)
+"""Under the simulator (every thread a Python thread): small blocks."""
+
 U = np.uint64
 """The offsets' type in generated sources (put ``"U": U`` in the kernel's namespace)."""
 
@@ -72,4 +91,4 @@ def is_exact(n: int, T: int, K: int) -> bool:
     return n == T * K
 
 
-__all__ = ["U", "each", "head", "is_exact", "slots", "stores"]
+__all__ = ["CONFIGS", "KMAX", "SIM_CONFIG", "U", "each", "head", "is_exact", "slots", "stores"]

@@ -35,7 +35,7 @@ from tsol.kernels.cuda import gpu, replay, row_index
 from tsol.kernels.cuda import reduction as red
 from tsol.registry import Config, kernel
 
-KMAX = 32
+KMAX = row_index.KMAX
 """Most elements a thread keeps in registers: rows up to 32 * 1024 elements in one pass."""
 
 
@@ -208,18 +208,7 @@ def _run_planned(x: Any, out: Any, axis: int, log: bool, config: Config) -> None
                [xs, m, s, os_, n, inner, tiles, seg])
 
 
-CONFIGS = [Config(block=256, work=8, kmax=KMAX, split=0),
-           Config(block=256, work=16, kmax=KMAX, split=0),
-           Config(block=128, work=8, kmax=KMAX, split=0),
-           Config(block=512, work=4, kmax=KMAX, split=0),
-           Config(block=256, work=32, kmax=KMAX, split=0),
-           Config(block=128, work=32, kmax=KMAX, split=0)]
-"""``block``: threads a block (at least); ``work``: elements a thread aims at (rows of 4096
-in groups of 512 threads, 8 registers each); ``kmax``: most elements a thread keeps in
-registers (longer lines take the two-pass path); ``split``: at least this many segments a
-line in the two-pass path (tests)."""
-SIM_CONFIG = Config(block=32, work=8, kmax=KMAX, split=0)
-"""Under the simulator (every thread a Python thread): small blocks."""
+CONFIGS, SIM_CONFIG = row_index.CONFIGS, row_index.SIM_CONFIG
 
 
 def _heuristic(metas: Sequence[Any], attrs: dict[str, Any]) -> Config:
