@@ -246,10 +246,26 @@ def _scores(n: Any) -> tuple[Node, Node, float] | None:
     return ins["a"], ins["b"], scale
 
 
+def _causal_mask(n: Any, s: int, skv: int) -> bool:
+    """Whether ``n`` is a constant additive causal mask of [s, skv] scores (leading dims of 1):
+    0 where key ``j <= i + (skv - s)``, ``-inf`` elsewhere (flash_attention's bottom-right
+    alignment), with every row keeping a key (s <= skv)."""
+    if not (isinstance(n, Node) and n.op == CONST and hasattr(n.value, "shape")) or s > skv:
+        return False
+    m = n.value
+    if m.ndim < 2 or tuple(m.shape[-2:]) != (s, skv) or any(d != 1 for d in m.shape[:-2]):
+        return False
+    host = np.asarray(m.get() if hasattr(m, "get") else m).reshape(s, skv)
+    keep = np.arange(skv)[None, :] <= np.arange(s)[:, None] + (skv - s)
+    return bool(np.all(host[keep] == 0) and np.all(np.isneginf(host[~keep])))
+
+
 def attention_rewrite(n: Node) -> Any:
-    """``softmax(q @ k^T * scale, axis=-1) @ v`` on 4-d [B, H, S, D] operands of one float
-    dtype -> ``flash_attention(q, k, v, scale=scale)``: the rewrite's builder, or None when
-    ``n`` is not that pattern (``autodiff`` applies it to forwards it differentiates)."""
+    """``softmax(q @ k^T * scale [+ causal mask], axis=-1) @ v`` on 4-d [B, H, S, D] operands
+    of one float dtype -> ``flash_attention(q, k, v, scale=scale, causal=...)``: the rewrite's
+    builder, or None when ``n`` is not that pattern (``autodiff`` applies it to forwards it
+    differentiates). The mask must be a constant equal to the causal mask (``_causal_mask``);
+    other masks stay unfused."""
     if n.op != "matmul":
         return None
     ins = _product_inputs(n)
@@ -259,8 +275,18 @@ def attention_rewrite(n: Node) -> Any:
     if not (isinstance(sm, Node) and sm.op == "softmax" and only_user(sm, n)
             and sm.attr["axis"] == sm.meta.ndim - 1):
         return None
-    found = _scores(sm.inputs[0])
-    if found is None or not only_user(sm.inputs[0], sm):
+    x, user, causal = sm.inputs[0], sm, False
+    if isinstance(x, Node) and x.op == "add" and only_user(x, sm):
+        s_, skv = x.meta.shape[-2:] if x.meta.ndim >= 2 else (0, 0)
+        for scores, mask in (x.inputs, x.inputs[::-1]):
+            if _causal_mask(mask, s_, skv) and isinstance(scores, Node) and \
+                    scores.meta.shape == x.meta.shape:
+                x, user, causal = scores, x, True
+                break
+        else:
+            return None
+    found = _scores(x)
+    if found is None or not only_user(x, user):
         return None
     q, k, scale = found
     if not all(m.ndim == 4 for m in (q.meta, k.meta, v.meta)) or \
@@ -271,7 +297,7 @@ def attention_rewrite(n: Node) -> Any:
     fa = get_op("flash_attention")
 
     def build(g: Graph, inputs: tuple[Any, ...], mapping: dict[int, Node]) -> Node:
-        attrs = {"causal": False, "scale": scale, "block_q": None, "block_k": None}
+        attrs = {"causal": causal, "scale": scale, "block_q": None, "block_k": None}
         return g.op(fa, [mapping[q.id], mapping[k.id], mapping[v.id]], attrs)
     return build
 

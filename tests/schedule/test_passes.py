@@ -109,6 +109,28 @@ def test_attention_module_is_one_flash_attention_kernel(rng, causal_scale):
     assert_close(got, want, np.float32, scale=8)
 
 
+@pytest.mark.parametrize("s, skv", [(17, 17), (5, 12)])
+def test_causal_mask_constant_rewrites_to_causal_flash_attention(rng, s, skv):
+    """``softmax(q k^T * scale + mask) v`` with a constant causal mask (bottom-right aligned,
+    -inf above) is one causal flash_attention kernel; any other mask stays unfused."""
+    keep = np.arange(skv)[None, :] <= np.arange(s)[:, None] + (skv - s)
+    causal = np.where(keep, 0.0, -np.inf).astype(np.float32)
+    q = rng.standard_normal((2, 3, s, 8)).astype(np.float32)
+    k, v = (rng.standard_normal((2, 3, skv, 8)).astype(np.float32) for _ in range(2))
+    ref = tsol.registry.get_op("flash_attention").reference
+    for mask, fused in ((causal, True), (np.where(keep, 0.0, -1e9).astype(np.float32), False),
+                        (causal.T.copy() if s == skv else causal[:, ::-1].copy(), False)):
+        f = tsol.jit(lambda q, k, v, mask=mask: op.matmul(
+            op.softmax(op.matmul(q, op.transpose(k, (0, 1, 3, 2))) * 0.3 + mask), v))
+        got = f(q, k, v)
+        assert ("flash_attention" in f.explain()) is fused
+        if fused:
+            assert f.kernel_count() == 1
+            want = ref(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64),
+                       causal=True, scale=0.3, block_q=None, block_k=None)
+            assert_close(got, want, np.float32, scale=8)
+
+
 def test_canonicalize_drops_noops_and_folds_scalars(rng):
     x = rng.standard_normal((3, 4)).astype(np.float32)
     assert optimized_ops(lambda x: tsol.astype(x * 1, np.float32) + 0, x) == []
