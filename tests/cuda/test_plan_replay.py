@@ -8,7 +8,7 @@ import pytest
 import tsol
 from tests.cuda.support import COMPILE_ONLY, CUDA_TESTS, on_cuda, size, to_device, to_host
 from tests.support import assert_close, rand, reference
-from tsol.kernels.cuda import elementwise, normalization, reduction, softmax
+from tsol.kernels.cuda import elementwise, linalg, normalization, reduction, softmax
 from tsol.ops import base
 
 pytestmark = [*CUDA_TESTS, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
@@ -19,6 +19,7 @@ CASES = {
     "softmax": (softmax, "_run", 1, {"axis": -1}),
     "layernorm": (normalization, "_run", 3, {"eps": 1e-5}),
     "sum": (reduction, "reduce", 1, {"axis": -1}),
+    "matmul": (linalg, "run", 2, {"epilogue": "relu"}),
 }
 """op -> (kernel module, the function its kernel's impl calls, operands, attrs)."""
 
@@ -28,6 +29,8 @@ def _inputs(op, n_in, rng):
     x = rand((3, n), np.float32, rng)
     if op == "layernorm":
         return [x, rand((n,), np.float32, rng), rand((n,), np.float32, rng)]
+    if op == "matmul":
+        return [x, rand((n, size(7, 257)), np.float32, rng)]
     return [rand((3, n), np.float32, rng) for _ in range(n_in)]
 
 
@@ -44,7 +47,9 @@ def test_third_call_replays_without_host_planning(op, rng, monkeypatch):
             host = _inputs(op, n_in, rng)
             got = fn(*[to_device(h) for h in host], **attrs)
             if not COMPILE_ONLY:
-                scale = host[0].shape[-1] ** 0.5 if op == "sum" else 1.0   # terms summed
+                # sums of n terms: rounding grows like sqrt(n) times the terms (~3 * 3 here)
+                scale = host[0].shape[-1] ** 0.5 * (9 if op == "matmul" else 1) \
+                    if op in ("sum", "matmul") else 1.0
                 assert_close(to_host(got), reference(op, *host, **attrs), np.float32,
                              scale=scale)
     plans = [p for p in base._plans.values() if p.kern.op == op and p.replay is not None]
@@ -127,3 +132,25 @@ def test_compiled_integer_power_keeps_checking_exponents(rng):
             f(to_device(x), to_device(np.ones((2, 3), np.int64)))
         with pytest.raises(ArgumentError, match="negative"):
             f(to_device(x), to_device(-np.ones((2, 3), np.int64)))
+
+
+def test_other_alignment_plans_instead_of_replaying(rng, monkeypatch):
+    """A replay runs only on pointers aligned as the recorded call's (modulo 16): an operand at
+    another alignment, same shape and strides, takes the planning path (and is right)."""
+    n = size(12, 1024)
+    store = np.zeros(2 * n + 8, np.float32)
+    base = (-store.ctypes.data % 16) // 4                 # first 16-byte-aligned element
+    aligned, shifted = store[base:base + n], store[base + 1:base + 1 + n]
+    calls = []
+    real = elementwise.launch
+    monkeypatch.setattr(elementwise, "launch", lambda *a, **k: (calls.append(1), real(*a, **k)))
+    with on_cuda():
+        for _ in range(3):
+            aligned[:] = rand((n,), np.float32, rng)
+            tsol.exp(aligned)
+        planned = len(calls)
+        shifted[:] = rand((n,), np.float32, rng)
+        got = tsol.exp(shifted)
+    assert len(calls) == planned + 1
+    if not COMPILE_ONLY:
+        assert_close(to_host(got), np.exp(shifted.astype(np.float64)), np.float32)

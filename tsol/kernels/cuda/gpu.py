@@ -435,13 +435,22 @@ class Prepared:
         self.launcher.run(self.grid, self.block, self.shared, packed)
 
 
-    def relocated(self, relocs: Sequence[tuple[int, int]]) -> Callable[[Sequence[Any]], None]:
+    def relocated(self, relocs: Sequence[tuple[int, int]], align: Sequence[int] = (),
+                  fixed: dict[int, int] | None = None) -> Callable[[Sequence[Any]], bool]:
         """This launch as one flat function of arrays: pointer slot k gets the data pointer of
-        ``arrays[relocs[k][0]]`` plus byte offset ``relocs[k][1]``. Each thread packs into its
-        own argument buffer, written whole once; a call rewrites the pointer slots alone."""
+        ``arrays[relocs[k][0]]`` plus byte offset ``relocs[k][1]``, or ``fixed[i]`` plus the
+        offset for a source ``i`` that is a constant. Each thread packs into its own argument
+        buffer, written whole once; a call rewrites the pointer slots alone. It returns False,
+        launching nothing, when ``arrays[i]``'s pointer modulo 16 is not ``align[i]``."""
         launcher, grid, block, shared = self.launcher, self.grid, self.block, self.shared
-        spec = [(slot, i, off) for slot, (i, off) in zip(self.pointer_slots, relocs)]
+        fixed = fixed or {}
         packed, local = self.packed.copy(), threading.local()
+        spec = []
+        for slot, (i, off) in zip(self.pointer_slots, relocs):
+            if i in fixed:
+                packed[slot] = fixed[i] + off
+            else:
+                spec.append((slot, i, off, align[i] if i < len(align) else None))
         launch_kernel, func = launcher.driver.launchKernel, launcher.func
         current_stream = launcher.cupy.cuda.get_current_stream
 
@@ -452,10 +461,14 @@ class Prepared:
                 bufs = local.bufs = (values, values.ctypes.data + 8 * np.arange(
                     len(values), dtype=np.uint64))
             values, ptrs = bufs
-            for slot, i, off in spec:
-                values[slot] = arrays[i].data.ptr + off
+            for slot, i, off, residue in spec:
+                p = arrays[i].data.ptr
+                if residue is not None and p % 16 != residue:
+                    return False
+                values[slot] = p + off
             launch_kernel(func, grid[0], grid[1], grid[2], block[0], block[1], block[2], shared,
                           current_stream().ptr, ptrs.ctypes.data, 0)
+            return True
         return run
 
 

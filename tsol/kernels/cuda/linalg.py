@@ -43,7 +43,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tsol import dtypes
-from tsol.kernels.cuda import gpu
+from tsol.kernels.cuda import gpu, replay
 from tsol.kernels.cuda import reduction as red
 from tsol.kernels.cuda import tensorcore as tc
 from tsol.kernels.cuda.elementwise import BODIES
@@ -120,6 +120,7 @@ def _operand(x: Any, batch: tuple[int, ...]) -> tuple[list[Any], bool]:
     base address on 16-byte bounds)."""
     flat, base, st = _flat(x)
     offs, mult8 = _batch_map(base, st[:-2], tuple(x.shape[:-2]), batch)
+    replay.constant(offs)                 # a cached table: a replay passes it as it is
     ptr = flat.__array_interface__["data"][0] if gpu.HOST_ARRAYS else flat.data.ptr
     vec = x.size > 0 and st[-1] == 1 and st[-2] % 8 == 0 and mult8 and ptr % 16 == 0
     return [flat, offs, st[-2], st[-1]], vec
@@ -134,7 +135,10 @@ def _absent(ct: np.dtype) -> list[Any]:
     if key not in _dummies:
         xp = gpu.array_module()
         _dummies[key] = [xp.zeros(1, ct), xp.zeros(1, np.int64), 0, 0]
-    return _dummies[key]
+    found = _dummies[key]
+    replay.constant(found[0])             # cached across calls: a replay passes them as they are
+    replay.constant(found[1])
+    return found
 
 
 # --- source generation --------------------------------------------------------------------------
@@ -592,7 +596,8 @@ def _legal_kind(config: Config, a: Any, b: Any) -> Config:
 
 # --- registrations --------------------------------------------------------------------------------
 
-@kernel("matmul", backend="cuda", dtypes=FLOATS, configs=CONFIGS, heuristic=_heuristic)
+@kernel("matmul", backend="cuda", dtypes=FLOATS, configs=CONFIGS, heuristic=_heuristic,
+        replays=True)
 def matmul_cuda(a: Any, b: Any, bias: Any, residual: Any, *, out: Any, config: Config,
                 epilogue: str, tile_shape: tuple[int, int, int] | None) -> None:
     """NumPy-rule matmul with the fused epilogue; plain float32/float64 calls go to cuBLAS."""
@@ -604,7 +609,8 @@ def matmul_cuda(a: Any, b: Any, bias: Any, residual: Any, *, out: Any, config: C
     run(a, b, out, config, bias=bias, residual=residual, activation=epilogue)
 
 
-@kernel("gemm", backend="cuda", dtypes=FLOATS, configs=CONFIGS, heuristic=_heuristic)
+@kernel("gemm", backend="cuda", dtypes=FLOATS, configs=CONFIGS, heuristic=_heuristic,
+        replays=True)
 def gemm_cuda(a: Any, b: Any, c: Any, bias: Any, residual: Any, *, out: Any, config: Config,
               alpha: float, beta: float, trans_a: bool, trans_b: bool, epilogue: str,
               tile_shape: tuple[int, int, int] | None) -> None:

@@ -69,22 +69,31 @@ class _Arg(NamedTuple):
     strides: tuple[int, ...]
 
 
+ALIGN = 16
+"""A replay runs only on arrays whose data pointers have the recorded call's residues modulo
+this (kernels may pick 16-byte vector or cp.async paths by alignment)."""
+
+
 class _Recorder:
     def __init__(self, arrays: Sequence[Any]) -> None:
         self.extents: list[tuple[int, int, int]] = []        # (lo, hi, base ptr) per source
         self.scratch: list[tuple[int, np.dtype]] = []
+        self.constants: dict[int, Any] = {}                  # source index -> array kept
         self.steps: list[Any] = []
         self.ok = True
+        self.align = [data_ptr(a) % ALIGN for a in arrays]
         for a in arrays:
             self.add_source(a)
 
-    def add_source(self, a: Any, scratch: bool = False) -> None:
+    def add_source(self, a: Any, scratch: bool = False, constant: bool = False) -> None:
         lo, hi = _extent(a)
-        if any(lo < h and l2 < hi for l2, h, _ in self.extents if lo < hi):
+        if not constant and any(lo < h and l2 < hi for l2, h, _ in self.extents if lo < hi):
             self.ok = False                                    # overlapping operands
         self.extents.append((lo, hi, data_ptr(a)))
         if scratch:
             self.scratch.append((len(self.extents) - 1, a.size, np.dtype(a.dtype)))
+        if constant:
+            self.constants[len(self.extents) - 1] = a
 
     def locate(self, p: int) -> tuple[int, int] | None:
         for i, (lo, hi, base) in enumerate(self.extents):
@@ -128,18 +137,25 @@ class _Recorder:
 
 
 class _Replay:
-    """The recorded launches of one layout; called with the operands (same order)."""
+    """The recorded launches of one layout; called with the operands (same order). Returns
+    False, launching nothing, when an operand's alignment differs from the recorded call's."""
 
-    __slots__ = ("steps", "scratch", "nsources")
+    __slots__ = ("steps", "scratch", "nsources", "align", "constants", "nextra")
 
     def __init__(self, rec: _Recorder, nsources: int) -> None:
         self.steps, self.scratch, self.nsources = rec.steps, rec.scratch, nsources
+        self.align, self.constants = rec.align, rec.constants
+        self.nextra = len(rec.extents) - nsources
 
-    def __call__(self, arrays: Sequence[Any]) -> None:
+    def __call__(self, arrays: Sequence[Any]) -> bool:
         bases = [data_ptr(a) for a in arrays]
+        if any(b % ALIGN != r for b, r in zip(bases, self.align)):
+            return False
         keep = []
-        if self.scratch:
-            bases += [0] * (len(self.scratch))
+        if self.nextra:
+            bases += [0] * self.nextra
+            for index, a in self.constants.items():
+                bases[index] = data_ptr(a)
             for index, n, dt in self.scratch:
                 s = scratch(n, dt)            # reported to a recording around this call
                 keep.append(s)
@@ -150,9 +166,10 @@ class _Replay:
                                               a.strides)) if isinstance(a, _Arg) else a
                         for a in spec]
                 gpu.launch(kern, grid, block, args, shared)
-            return
+            return True
         for prepared, relocs in self.steps:
             prepared([bases[i] + off for i, off in relocs])
+        return True
 
 
     def fast(self) -> Callable[[Sequence[Any]], None] | None:
@@ -161,7 +178,8 @@ class _Replay:
         if gpu.HOST_ARRAYS or self.scratch or len(self.steps) != 1:
             return None
         prepared, relocs = self.steps[0]
-        return prepared.relocated(relocs)
+        fixed = {i: data_ptr(a) for i, a in self.constants.items()}
+        return prepared.relocated(relocs, self.align, fixed)
 
 
 class PlanReplay:
@@ -177,8 +195,7 @@ class PlanReplay:
     def __call__(self, arrays: Sequence[Any], run: Callable[[], Any]) -> None:
         # Inside another call's recording the launches must reach its recorder: no flat path.
         recording = getattr(_state, "rec", None) is not None
-        if self.flat is not None and not recording:
-            self.flat(arrays)
+        if self.flat is not None and not recording and self.flat(arrays):
             return
         self.replays.run(None, arrays, run)
         found = self.replays.cache.get(None)
@@ -201,7 +218,8 @@ class Replays:
     def run(self, key: Any, arrays: Sequence[Any], planned: Callable[[], Any]) -> None:
         found = self.cache.get(key, False)
         if found is not None and found is not False:
-            found(arrays)             # a recording around this call sees the replayed launches
+            if not found(arrays):     # (a recording around this call sees replayed launches)
+                planned()             # other alignments than the recorded call's
             return
         if found is None or getattr(_state, "rec", None) is not None:
             planned()                 # unreplayable, or inside another call's recording
@@ -217,6 +235,16 @@ class Replays:
         self.cache[key] = _Replay(rec, len(arrays)) if rec.ok and rec.steps else None
 
 
+def constant(a: Any) -> Any:
+    """Declare ``a`` (a device array kept across calls, such as a cached table) a constant of
+    the call being recorded, if any: launches may read it and a replay passes it unchanged.
+    Returns ``a``."""
+    rec = getattr(_state, "rec", None)
+    if rec is not None:
+        rec.add_source(a, constant=True)
+    return a
+
+
 def unreplayable() -> None:
     """Mark the call being recorded, if any, as not to be replayed: its host code checks the
     operands' values (a replay would skip the check)."""
@@ -230,4 +258,5 @@ def recorder() -> _Recorder | None:
     return getattr(_state, "rec", None)
 
 
-__all__ = ["PlanReplay", "Replays", "scratch", "recorder", "unreplayable", "data_ptr"]
+__all__ = ["ALIGN", "PlanReplay", "Replays", "constant", "scratch", "recorder", "unreplayable",
+           "data_ptr"]
