@@ -36,7 +36,7 @@ angles instead.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -520,40 +520,48 @@ def _rope_table_kernel(dt: np.dtype, indexed: bool) -> gpu.Kernel:
     return k
 
 
-def _rope_kernel(dt: np.dtype, narrow: bool, TX: int, TY: int, U: int) -> gpu.Kernel:
-    """Rows of the ``(rows, D)`` x: TX threads along the pairs, TY x U rows a block step; row
-    r reads the table row ``r % period``; ``narrow``: rows fit 32 bits (a cheaper modulo)."""
-    key = ("rope", dt.str, narrow, TX, TY, U)
-    if key in _kernels:
-        return _kernels[key]
-    name = f"rope_{_tag(dt)}_{'n' if narrow else 'w'}_x{TX}_y{TY}_u{U}"
+def _rope_rows(name: str, params: str, dt: np.dtype, TX: int, TY: int, U: int,
+               per_row: Callable[[int], str], per_pair: list[str],
+               angle: Callable[[int], list[str]]) -> gpu.Kernel:
+    """The grid-stride rope kernel over rows of the ``(rows, D)`` x: TX threads along the
+    pairs, TY x U rows a block step. ``per_row(u)``: the line of row ``r + u * TY``'s own
+    value; ``per_pair``: lines at each pair ``i``; ``angle(u)``: lines giving ``cs``, ``sn``."""
     body = ["tid = gpu.threadIdx.x", f"tx = tid & {TX - 1}", f"ty = tid >> {red.log2(TX)}",
             "rows = x.shape[0]", "half = x.shape[1] // 2",
             f"r = gpu.blockIdx.x * {TY * U} + ty", f"step = gpu.gridDim.x * {TY * U}",
             "while r < rows:"]
-    loop = []
-    for u in range(U):
-        at = (f"I64(U32(r + {u * TY}) % U32(period))" if narrow else
-              f"(r + {u * TY}) % period")
-        loop.append(f"t{u} = {at} * half")
-    loop += ["i = tx", "while i < half:"]
-    inner = []
+    loop = [per_row(u) for u in range(U)] + ["i = tx", "while i < half:"]
+    inner = list(per_pair)
     for u in range(U):
         inner += [f"ok{u} = r + {u * TY} < rows", f"x0_{u} = A(0)", f"x1_{u} = A(0)",
                   f"if ok{u}:",
                   f"    x0_{u} = {_load(f'x[r + {u * TY}, 2 * i]', dt)}",
                   f"    x1_{u} = {_load(f'x[r + {u * TY}, 2 * i + 1]', dt)}"]
     for u in range(U):
-        inner += [f"cs = cos_t[t{u} + i]", f"sn = sin_t[t{u} + i]", f"if ok{u}:",
-                  f"    out[r + {u * TY}, 2 * i] = "
-                  f"{red.store_expr(f'x0_{u} * cs - x1_{u} * sn', dt)}",
-                  f"    out[r + {u * TY}, 2 * i + 1] = "
-                  f"{red.store_expr(f'x0_{u} * sn + x1_{u} * cs', dt)}"]
+        inner += angle(u) + [f"if ok{u}:", f"    out[r + {u * TY}, 2 * i] = "
+                             f"{red.store_expr(f'x0_{u} * cs - x1_{u} * sn', dt)}",
+                             f"    out[r + {u * TY}, 2 * i + 1] = "
+                             f"{red.store_expr(f'x0_{u} * sn + x1_{u} * cs', dt)}"]
     loop += ["    " + line for line in inner + [f"i += {TX}"]]
     body += ["    " + line for line in loop + ["r += step"]]
-    source = f"def {name}(x, out, cos_t, sin_t, period):\n" + red.indent(body, 4) + "\n"
-    k = _kernels[key] = red.build(name, source, _rope_namespace(dt), __name__)
-    return k
+    source = f"def {name}({params}):\n" + red.indent(body, 4) + "\n"
+    return red.build(name, source, _rope_namespace(dt), __name__)
+
+
+def _rope_kernel(dt: np.dtype, narrow: bool, TX: int, TY: int, U: int) -> gpu.Kernel:
+    """Rows of the ``(rows, D)`` x: TX threads along the pairs, TY x U rows a block step; row
+    r reads the table row ``r % period``; ``narrow``: rows fit 32 bits (a cheaper modulo)."""
+    key = ("rope", dt.str, narrow, TX, TY, U)
+    if key not in _kernels:
+        def row(u: int) -> str:
+            at = (f"I64(U32(r + {u * TY}) % U32(period))" if narrow else
+                  f"(r + {u * TY}) % period")
+            return f"t{u} = {at} * half"
+        _kernels[key] = _rope_rows(
+            f"rope_{_tag(dt)}_{'n' if narrow else 'w'}_x{TX}_y{TY}_u{U}",
+            "x, out, cos_t, sin_t, period", dt, TX, TY, U, row, [],
+            lambda u: [f"cs = cos_t[t{u} + i]", f"sn = sin_t[t{u} + i]"])
+    return _kernels[key]
 
 
 def _rope_direct_kernel(dt: np.dtype, indexed: bool, TX: int, TY: int, U: int) -> gpu.Kernel:
@@ -561,37 +569,15 @@ def _rope_direct_kernel(dt: np.dtype, indexed: bool, TX: int, TY: int, U: int) -
     positions nearly one a row, where a table would be as large as x): ``indexed``: row r's
     position is ``pos[r % period]``, else ``r % period``."""
     key = ("rope_direct", dt.str, indexed, TX, TY, U)
-    if key in _kernels:
-        return _kernels[key]
-    acc = _acc(dt)
-    name = f"rope_direct_{_tag(dt)}_{'pos' if indexed else 'seq'}_x{TX}_y{TY}_u{U}"
-    body = ["tid = gpu.threadIdx.x", f"tx = tid & {TX - 1}", f"ty = tid >> {red.log2(TX)}",
-            "rows = x.shape[0]", "half = x.shape[1] // 2",
-            f"r = gpu.blockIdx.x * {TY * U} + ty", f"step = gpu.gridDim.x * {TY * U}",
-            "while r < rows:"]
-    loop = []
-    for u in range(U):
-        at = f"(r + {u * TY}) % period"
-        loop.append(f"p{u} = np.float64({f'pos[{at}]' if indexed else at})")
-    loop += ["i = tx", "while i < half:", "    w = inv[i]"]
-    inner = []
-    for u in range(U):
-        inner += [f"ok{u} = r + {u * TY} < rows", f"x0_{u} = A(0)", f"x1_{u} = A(0)",
-                  f"if ok{u}:",
-                  f"    x0_{u} = {_load(f'x[r + {u * TY}, 2 * i]', dt)}",
-                  f"    x1_{u} = {_load(f'x[r + {u * TY}, 2 * i + 1]', dt)}"]
-    for u in range(U):
-        inner += _angle_lines(acc, f"p{u}", "w")
-        inner += ["cs = cos_(ang)", "sn = sin_(ang)", f"if ok{u}:",
-                  f"    out[r + {u * TY}, 2 * i] = "
-                  f"{red.store_expr(f'x0_{u} * cs - x1_{u} * sn', dt)}",
-                  f"    out[r + {u * TY}, 2 * i + 1] = "
-                  f"{red.store_expr(f'x0_{u} * sn + x1_{u} * cs', dt)}"]
-    loop += ["    " + line for line in inner + [f"i += {TX}"]]
-    body += ["    " + line for line in loop + ["r += step"]]
-    source = f"def {name}(x, out, pos, inv, period):\n" + red.indent(body, 4) + "\n"
-    k = _kernels[key] = red.build(name, source, _rope_namespace(dt), __name__)
-    return k
+    if key not in _kernels:
+        def row(u: int) -> str:
+            at = f"(r + {u * TY}) % period"
+            return f"p{u} = np.float64({f'pos[{at}]' if indexed else at})"
+        _kernels[key] = _rope_rows(
+            f"rope_direct_{_tag(dt)}_{'pos' if indexed else 'seq'}_x{TX}_y{TY}_u{U}",
+            "x, out, pos, inv, period", dt, TX, TY, U, row, ["w = inv[i]"],
+            lambda u: _angle_lines(_acc(dt), f"p{u}", "w") + ["cs = cos_(ang)", "sn = sin_(ang)"])
+    return _kernels[key]
 
 
 _tables: dict[tuple[Any, ...], tuple[Any, Any]] = {}
