@@ -299,8 +299,10 @@ class LaunchReplay:
     def __init__(self, s: Schedule, rec: Any) -> None:
         self.s, self.rec = s, rec
         self.outputs = [L for L in s.launches if L.buffer is None]
-        self.constants = [v for L in s.launches for kind, v in _flat_sources(L.sources)
-                          if kind == "value" and hasattr(v, "shape")]
+        # Each constant array once: a source given twice would read as overlapping operands.
+        self.constants = list({id(v): v for L in s.launches for kind, v in
+                               _flat_sources(L.sources)
+                               if kind == "value" and hasattr(v, "shape")}.values())
 
     @staticmethod
     def build(s: Schedule) -> LaunchReplay | None:

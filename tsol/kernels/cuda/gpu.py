@@ -436,12 +436,14 @@ class Prepared:
 
 
     def relocated(self, relocs: Sequence[tuple[int, int]], align: Sequence[int] = (),
-                  fixed: dict[int, int] | None = None) -> Callable[[Sequence[Any]], bool]:
+                  fixed: dict[int, int] | None = None, modulus: int = 16
+                  ) -> Callable[[Sequence[Any]], bool]:
         """This launch as one flat function of arrays: pointer slot k gets the data pointer of
         ``arrays[relocs[k][0]]`` plus byte offset ``relocs[k][1]``, or ``fixed[i]`` plus the
         offset for a source ``i`` that is a constant. Each thread packs into its own argument
         buffer, written whole once; a call rewrites the pointer slots alone. It returns False,
-        launching nothing, when ``arrays[i]``'s pointer modulo 16 is not ``align[i]``."""
+        launching nothing, when ``arrays[i]``'s pointer modulo ``modulus`` is not
+        ``align[i]``."""
         launcher, grid, block, shared = self.launcher, self.grid, self.block, self.shared
         fixed = fixed or {}
         packed, local = self.packed.copy(), threading.local()
@@ -454,20 +456,20 @@ class Prepared:
         launch_kernel, func = launcher.driver.launchKernel, launcher.func
         current_stream = launcher.cupy.cuda.get_current_stream
 
-        def run(arrays: Sequence[Any]) -> None:
+        def run(arrays: Sequence[Any]) -> bool:
             bufs = getattr(local, "bufs", None)
             if bufs is None:
                 values = packed.copy()
-                bufs = local.bufs = (values, values.ctypes.data + 8 * np.arange(
-                    len(values), dtype=np.uint64))
-            values, ptrs = bufs
+                ptrs = values.ctypes.data + 8 * np.arange(len(values), dtype=np.uint64)
+                bufs = local.bufs = (values, ptrs, ptrs.ctypes.data)   # ptrs kept alive
+            values, _, params = bufs
             for slot, i, off, residue in spec:
                 p = arrays[i].data.ptr
-                if residue is not None and p % 16 != residue:
+                if residue is not None and p % modulus != residue:
                     return False
                 values[slot] = p + off
             launch_kernel(func, grid[0], grid[1], grid[2], block[0], block[1], block[2], shared,
-                          current_stream().ptr, ptrs.ctypes.data, 0)
+                          current_stream().ptr, params, 0)
             return True
         return run
 

@@ -81,9 +81,9 @@ class _Recorder:
         self.constants: dict[int, Any] = {}                  # source index -> array kept
         self.steps: list[Any] = []
         self.ok = True
-        self.align = [data_ptr(a) % ALIGN for a in arrays]
         for a in arrays:
             self.add_source(a)
+        self.align = [base % ALIGN for _, _, base in self.extents]
 
     def add_source(self, a: Any, scratch: bool = False, constant: bool = False) -> None:
         lo, hi = _extent(a)
@@ -171,15 +171,14 @@ class _Replay:
             prepared([bases[i] + off for i, off in relocs])
         return True
 
-
-    def fast(self) -> Callable[[Sequence[Any]], None] | None:
+    def fast(self) -> Callable[[Sequence[Any]], bool] | None:
         """The replay as one flat launch function (``gpu.Prepared.relocated``) when it is a
         single launch without scratch on a GPU; else None."""
         if gpu.HOST_ARRAYS or self.scratch or len(self.steps) != 1:
             return None
         prepared, relocs = self.steps[0]
         fixed = {i: data_ptr(a) for i, a in self.constants.items()}
-        return prepared.relocated(relocs, self.align, fixed)
+        return prepared.relocated(relocs, self.align, fixed, ALIGN)
 
 
 class PlanReplay:
@@ -190,7 +189,7 @@ class PlanReplay:
 
     def __init__(self) -> None:
         self.replays = Replays(limit=1)
-        self.flat: Callable[[Sequence[Any]], None] | None = None
+        self.flat: Callable[[Sequence[Any]], bool] | None = None
 
     def __call__(self, arrays: Sequence[Any], run: Callable[[], Any]) -> None:
         # Inside another call's recording the launches must reach its recorder: no flat path.
@@ -199,7 +198,7 @@ class PlanReplay:
             return
         self.replays.run(None, arrays, run)
         found = self.replays.cache.get(None)
-        if found and not recording:
+        if found and not recording and self.flat is None:
             self.flat = found.fast()
 
 
