@@ -3,7 +3,8 @@
     tsol-bench run [--suite softmax ...] [--op exp ...] [--dtype bfloat16 ...] [--backend cpu]
                    [--quick] [--out r.json]   filters repeat (any of their values) and combine
     tsol-bench devices                        backends, devices and their measured ceilings
-    tsol-bench report r.json [--out DIR]          Markdown report and PNG plots (roofline, speedups)
+    tsol-bench report r.json [more.json] [--out DIR]   Markdown report and PNG plots (roofline,
+                                              speedups) of one run or several on one device
     tsol-bench compare old.json new.json [--threshold 5%]   regressions; exit 1 on any
 """
 

@@ -1,11 +1,11 @@
-"""Calls the memory-bound CUDA kernels a few times each, for a hardware-counter profiler.
+"""Calls CUDA kernels (the memory-bound ones and the matmuls) a few times each, for a hardware-counter profiler.
 
     ncu --clock-control none --set basic --section MemoryWorkloadAnalysis --csv \\
         --page details python3 bench/gpu_profile.py [OP ...] > ncu.csv
 
 Each case (default: all; ``chain`` is a compiled relu -> *2+1 -> tanh pipeline, the others
-are ops) runs on a 4096x4096 float32 input (layernorm also bfloat16; rope on [4, 16, 2048,
-128]), twice: the first call compiles, the second is the one to read. Prints each case's name
+are ops, ``*_col`` along axis 0) runs on a 4096x4096 float32 input (layernorm also bfloat16;
+rope on [4, 16, 2048, 128]; the matmuls are 4096^3, float32 SIMT and bfloat16 mma), twice: the first call compiles, the second is the one to read. Prints each case's name
 before its calls, so a profile's kernels can be matched to cases in order.
 """
 
@@ -43,6 +43,10 @@ def calls(cp: object) -> dict[str, object]:
         "add": lambda: tsol.add(x, y),
         "sum": lambda: tsol.sum(x, axis=-1),
         "rope": lambda: tsol.rope(q, positions=pos),
+        "softmax_col": lambda: tsol.softmax(x, axis=0),
+        "sum_col": lambda: tsol.sum(x, axis=0),
+        "matmul_relu": lambda: tsol.matmul(x, y, epilogue="relu"),      # our SIMT kernel
+        "matmul_bf16": lambda: tsol.matmul(xb, xb),
     }
 
 

@@ -73,11 +73,16 @@ def overhead_rows(xp: Any, x: Any, y: Any) -> list[Row]:
     """(name, TSOL call, the array module's call or None) per row, on arrays ``x`` and ``y``
     of module ``xp``. The pipeline is compiled on its first call (the warm-up)."""
     chain = op.pipeline([op.relu, lambda v: v * 2, op.tanh], name="overhead_chain")
+    xh, yh = tsol.astype(x, tsol.bfloat16), tsol.astype(y, tsol.bfloat16)
     return [("add", lambda: tsol.add(x, y), lambda: xp.add(x, y)),
             ("exp", lambda: tsol.exp(x), lambda: xp.exp(x)),
             ("multiply scalar", lambda: tsol.multiply(x, 2.0), lambda: xp.multiply(x, 2.0)),
             ("sum axis=-1", lambda: tsol.sum(x, axis=-1), lambda: xp.sum(x, axis=-1)),
             ("softmax", lambda: tsol.softmax(x), None),
+            ("matmul", lambda: tsol.matmul(x, y), lambda: xp.matmul(x, y)),
+            ("matmul_relu", lambda: tsol.matmul(x, y, epilogue="relu"),
+             lambda: xp.maximum(xp.matmul(x, y), 0)),
+            ("matmul_bf16", lambda: tsol.matmul(xh, yh), None),
             (PIPELINE, lambda: chain(x), lambda: xp.tanh(xp.maximum(x, 0) * 2))]
 
 

@@ -16,7 +16,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from tsol.errors import ArgumentError, TSOLError
 
@@ -392,8 +392,22 @@ def write_plots(doc: dict[str, Any], out: Path) -> dict[str, Path] | None:
 
 # --- files and the command ------------------------------------------------------------------
 
-def write_report(results_json_path: str | Path, out_dir: str | Path) -> list[Path]:
-    """Write ``report.md`` and, when matplotlib is installed, the PNG plots into ``out_dir``.
+def merge_results(docs: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:
+    """One results document of several runs on one device (say one ``tsol-bench run`` per
+    suite): the first's header, every run's rows in order. Raises ``ArgumentError`` when the
+    runs' devices differ."""
+    devices = {d.get("device") for d in docs}
+    if len(devices) > 1:
+        raise ArgumentError(f"tsol-bench report: {', '.join(names)} come from different "
+                            f"devices ({sorted(map(str, devices))}). Fix: report each device's "
+                            f"runs separately.")
+    return {**docs[0], "rows": [r for d in docs for r in d["rows"]]}
+
+
+def write_report(results_json_path: str | Path | Sequence[str | Path], out_dir: str | Path
+                 ) -> list[Path]:
+    """Write ``report.md`` and, when matplotlib is installed, the PNG plots into ``out_dir``,
+    of one results JSON or of several runs on one device (``merge_results``).
 
     Returns the files written, ``report.md`` first. Without matplotlib the Markdown is still
     written and one line on stderr says how to get the plots. Raises what ``load_results``
@@ -401,8 +415,11 @@ def write_report(results_json_path: str | Path, out_dir: str | Path) -> list[Pat
 
     >>> write_report("results.json", "report")  # doctest: +SKIP
     [PosixPath('report/report.md'), PosixPath('report/roofline_cpu.png'), ...]
+    >>> write_report(["linalg.json", "softmax.json"], "report")  # doctest: +SKIP
     """
-    doc = load_results(results_json_path)
+    paths = ([results_json_path] if isinstance(results_json_path, (str, Path))
+             else list(results_json_path))
+    doc = merge_results([load_results(p) for p in paths], [str(p) for p in paths])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = write_plots(doc, out)
@@ -422,16 +439,18 @@ def default_out_dir(results: str | Path) -> Path:
 
 
 def main_report(argv: list[str] | None = None) -> int:
-    """``tsol-bench report results.json [--out DIR]``: 0 when written, 2 for a bad file."""
+    """``tsol-bench report results.json [more.json ...] [--out DIR]``: 0 when written, 2 for
+    a bad file."""
     parser = argparse.ArgumentParser(prog="tsol-bench report",
                                      description="Markdown report and PNG plots of a results "
                                                  "JSON written by 'tsol-bench run --out'.")
-    parser.add_argument("results", help="results JSON")
+    parser.add_argument("results", nargs="+",
+                        help="results JSON (several: runs on one device, reported as one)")
     parser.add_argument("--out", help="folder for report.md and the plots "
                                       "(default: <results>_report next to the file)")
     args = parser.parse_args(argv)
     try:
-        paths = write_report(args.results, args.out or default_out_dir(args.results))
+        paths = write_report(args.results, args.out or default_out_dir(args.results[0]))
     except (OSError, json.JSONDecodeError, TSOLError) as exc:
         print(f"tsol-bench report: {exc}", file=sys.stderr)
         return 2

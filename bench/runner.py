@@ -358,7 +358,10 @@ def run(cases: Iterable[Case], backend: str = "cpu", quick: bool = False,
             print(f"\r[{i}/{len(cases)}] {case.run_id(quick):<60}", end="", file=sys.stderr,
                   flush=True)
         try:
-            rows.append(run_case(case, backend, quick))
+            # Host arrays (the CUDA simulator, compile-only mode) run on ``backend`` only as the
+            # default backend.
+            with tsol.config.override(default_backend=backend):
+                rows.append(run_case(case, backend, quick))
         except Exception as exc:  # noqa: BLE001 - a broken case is a failure row, not a crash
             rows.append({"case": case.run_id(quick), "suite": case.suite, "op": case.op,
                          "ok": False, "kernel": "-",

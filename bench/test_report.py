@@ -238,3 +238,15 @@ def test_parse_threshold(text, value):
 def test_parse_threshold_rejects(text):
     with pytest.raises(ArgumentError, match="5%"):
         cmp.parse_threshold(text)
+
+
+def test_report_of_several_runs_on_one_device(tmp_path, no_matplotlib):
+    """Runs of separate suites report as one; runs of different devices are refused."""
+    rows = sample_rows()
+    paths = [write(tmp_path, "a.json", doc(rows[:2])), write(tmp_path, "b.json", doc(rows[2:]))]
+    merged = report.write_report(paths, tmp_path / "merged")[0].read_text()
+    whole = report.write_report(write(tmp_path, "all.json", doc(rows)), tmp_path / "all")
+    assert merged == whole[0].read_text()
+    other = write(tmp_path, "c.json", doc(rows[2:], device="cuda:other"))
+    with pytest.raises(ArgumentError, match="different devices"):
+        report.write_report([paths[0], other], tmp_path / "refused")

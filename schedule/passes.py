@@ -3,8 +3,9 @@
 - ``canonicalize``: fold last-two-axes transposes into gemm's ``trans_a``/``trans_b`` flags,
   drop no-ops (identity casts, reshapes and transposes; ``x * 1``, ``x + 0``), fold chains of
   scalar constants (``(x * a) * b`` -> ``x * (a * b)``).
-- ``rewrite``: ``softmax(Q K^T * scale) V`` -> ``flash_attention``; ``act(x @ W + b) + r`` ->
-  matmul/gemm with that epilogue; ``norm(x + r)`` -> the norm with ``residual=r``.
+- ``rewrite``: ``softmax(Q K^T * scale [+ mask]) V`` -> ``flash_attention`` (with the mask);
+  ``act(x @ W + b) + r`` -> matmul/gemm with that epilogue; ``norm(x + r)`` -> the norm with
+  ``residual=r``.
 - ``fuse``: connected elementwise ops (with broadcasting) -> one ``fused_elementwise`` node.
 - ``fuse_prologues``: an elementwise node feeding only a reduction (sum, mean, max, min over
   trailing axes), a softmax/log_softmax or a layernorm/rmsnorm -> one ``fused_reduction`` node
@@ -24,6 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from tsol import dtypes
 from tsol.ops.base import Meta
 from tsol.registry import get_op
 
@@ -249,8 +251,8 @@ def _scores(n: Any) -> tuple[Node, Node, float] | None:
 def _causal_mask(n: Any, s: int, skv: int) -> bool:
     """Whether ``n`` is a constant additive causal mask of [s, skv] scores (leading dims of 1):
     0 where key ``j <= i + (skv - s)``, ``-inf`` elsewhere (flash_attention's bottom-right
-    alignment), with every row keeping a key (s <= skv)."""
-    if not (isinstance(n, Node) and n.op == CONST and hasattr(n.value, "shape")) or s > skv:
+    alignment). Rows that keep no key (s > skv) give zeros either way, as a general mask's."""
+    if not (isinstance(n, Node) and n.op == CONST and hasattr(n.value, "shape")):
         return False
     m = n.value
     if m.ndim < 2 or tuple(m.shape[-2:]) != (s, skv) or any(d != 1 for d in m.shape[:-2]):
@@ -260,12 +262,27 @@ def _causal_mask(n: Any, s: int, skv: int) -> bool:
     return bool(np.all(host[keep] == 0) and np.all(np.isneginf(host[~keep])))
 
 
+def _masked_scores(x: Any, user: Node) -> tuple[Any, Any] | None:
+    """(scores, mask) of ``scores + mask`` (either order) read by ``user`` alone, the mask a
+    float array that broadcasts into the scores' shape; else None."""
+    if not (isinstance(x, Node) and x.op == "add" and only_user(x, user)):
+        return None
+    for scores, mask in (x.inputs, x.inputs[::-1]):
+        if isinstance(scores, Node) and scores.meta.shape == x.meta.shape and \
+                isinstance(mask, Node) and mask is not scores and _scalar(mask) is None and \
+                dtypes.is_float(mask.meta.dtype) and _scores(scores) is not None:
+            return scores, mask
+    return None
+
+
 def attention_rewrite(n: Node) -> Any:
-    """``softmax(q @ k^T * scale [+ causal mask], axis=-1) @ v`` on 4-d [B, H, S, D] operands
-    of one float dtype -> ``flash_attention(q, k, v, scale=scale, causal=...)``: the rewrite's
+    """``softmax(q @ k^T * scale [+ mask], axis=-1) @ v`` on 4-d [B, H, S, D] operands of one
+    float dtype -> ``flash_attention(q, k, v, mask, scale=scale, causal=...)``: the rewrite's
     builder, or None when ``n`` is not that pattern (``autodiff`` applies it to forwards it
-    differentiates). The mask must be a constant equal to the causal mask (``_causal_mask``);
-    other masks stay unfused."""
+    differentiates). Any additive float mask that broadcasts into the scores fuses; a constant
+    equal to the causal mask (``_causal_mask``) becomes ``causal=True`` instead, which skips
+    the tiles above the diagonal. One difference: a query whose every key is masked gives
+    zeros fused (flash_attention's rule) where the unfused softmax gives NaN (0 / 0)."""
     if n.op != "matmul":
         return None
     ins = _product_inputs(n)
@@ -275,16 +292,15 @@ def attention_rewrite(n: Node) -> Any:
     if not (isinstance(sm, Node) and sm.op == "softmax" and only_user(sm, n)
             and sm.attr["axis"] == sm.meta.ndim - 1):
         return None
-    x, user, causal = sm.inputs[0], sm, False
-    if isinstance(x, Node) and x.op == "add" and only_user(x, sm):
-        s_, skv = x.meta.shape[-2:] if x.meta.ndim >= 2 else (0, 0)
-        for scores, mask in (x.inputs, x.inputs[::-1]):
-            if _causal_mask(mask, s_, skv) and isinstance(scores, Node) and \
-                    scores.meta.shape == x.meta.shape:
-                x, user, causal = scores, x, True
-                break
-        else:
+    x, user, mask, causal = sm.inputs[0], sm, None, False
+    if isinstance(x, Node) and x.op == "add":
+        found = _masked_scores(x, sm)
+        if found is None:
             return None
+        s_, skv = x.meta.shape[-2:] if x.meta.ndim >= 2 else (0, 0)
+        (x, mask), user = found, x
+        if _causal_mask(mask, s_, skv):
+            mask, causal = None, True
     found = _scores(x)
     if found is None or not only_user(x, user):
         return None
@@ -298,7 +314,9 @@ def attention_rewrite(n: Node) -> Any:
 
     def build(g: Graph, inputs: tuple[Any, ...], mapping: dict[int, Node]) -> Node:
         attrs = {"causal": causal, "scale": scale, "block_q": None, "block_k": None}
-        return g.op(fa, [mapping[q.id], mapping[k.id], mapping[v.id]], attrs)
+        operands = [mapping[q.id], mapping[k.id], mapping[v.id],
+                    None if mask is None else mapping[mask.id]]
+        return g.op(fa, operands, attrs)
     return build
 
 

@@ -27,6 +27,8 @@ SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 COMPILE_ONLY = os.environ.get("TSOL_CUDA_COMPILE_ONLY", "0") not in ("", "0")
 HOST = SIMULATOR or COMPILE_ONLY
 """True when the backend runs on NumPy arrays (simulator or compile-only)."""
+PREBUILD = os.environ.get("TSOL_CUDA_COMPILE_ONLY") == "cubin"
+"""Compile-only mode building the GPU run's cubins (``bench/gpu_prebuild.py``): GPU sizes."""
 
 needs_cuda = pytest.mark.skipif(not HOST and not tsol.backends.get("cuda").available(),
                                 reason="no CUDA device, simulator or compile-only mode")
@@ -35,8 +37,9 @@ CUDA_TESTS = [needs_cuda, pytest.mark.gpu]
 
 
 def size(tiny: int, real: int) -> int:
-    """``tiny`` under the simulator and compile-only mode, ``real`` on a GPU."""
-    return tiny if HOST else real
+    """``tiny`` under the simulator and compile-only mode, ``real`` on a GPU (and when
+    prebuilding its cubins)."""
+    return tiny if HOST and not PREBUILD else real
 
 
 def to_device(x: Any) -> Any:

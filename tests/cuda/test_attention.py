@@ -3,7 +3,9 @@
 flash_attention: the SIMT kernel for every float dtype and the tensor-core kernel for float16 and
 bfloat16 (each forced through its config), causal and not, grouped-query attention, odd sequence
 lengths with S != Skv both ways (queries that see no key give zeros), explicit tiles and scale,
-views, out=, empty operands and NaN rows. rope: every float dtype, default and explicit
+views, out=, empty operands and NaN rows; additive masks (both kernels, broadcast over batch,
+heads or queries, -inf entries, queries that see no key, NaN entries, another dtype than q's,
+strided views). rope: every float dtype, default and explicit
 positions (a [S] vector, per-sequence [B, S] offsets, large and negative values), odd pair
 counts, 1-d input, views and empty input.
 """
@@ -112,6 +114,82 @@ def test_views_out_empty_and_nan(config, forced, rng):
     got = run("flash_attention", [bad, k, v])
     assert np.isnan(got[0, 1, 2].astype(np.float32)).all()
     assert not np.isnan(np.delete(got[0, 1], 2, 0).astype(np.float32)).any()
+
+
+MASKS = ["S,Skv", "B,1,S,Skv", "B,H,S,Skv", "B,1,1,Skv"]
+"""Mask shapes by the [B, H, S, Skv] axes they keep (the others 1 or absent)."""
+
+
+def random_mask(spec, b, h, s, skv, dt, rng):
+    """Biases in [-2, 2), a fifth of them -inf, and query row 1 (where there is a query axis)
+    all -inf: that query sees no key and gives zeros."""
+    sizes = {"B": b, "H": h, "S": s, "Skv": skv, "1": 1}
+    shape = tuple(sizes[a] for a in spec.split(","))
+    m = rng.uniform(-2.0, 2.0, shape)
+    m[rng.random(shape) < 0.2] = -np.inf
+    if "S" in spec.split(","):
+        m[..., 1, :] = -np.inf
+    return m.astype(dt)
+
+
+def run_masked(q, k, v, mask, dt, causal):
+    """flash_attention with ``mask`` on cuda against the float64 reference."""
+    got = run("flash_attention", [q, k, v, mask], {"causal": causal})
+    if not COMPILE_ONLY:
+        want = reference("flash_attention", q, k, v, mask, causal=causal,
+                         scale=1 / math.sqrt(q.shape[-1]))
+        mult = max(1.0, math.sqrt(q.shape[3] + k.shape[2]) / 4)
+        assert_close(got, want, dt, rtol_mult=mult, what=f"mask {mask.shape} causal={causal}")
+    return got
+
+
+@pytest.mark.parametrize("dt", FLOAT_DTYPES, ids=dtype_id)
+def test_simt_mask_every_dtype_broadcasts_and_gqa(dt, forced, rng):
+    forced(SIMT, only="flash_attention")
+    shape = (2, 2, 1, 7, 37, 8, 6) if HOST else (2, 8, 2, 300, 333, 64, 48)
+    q, k, v = qkv(*shape, dt, rng)
+    b, h, _, s, skv = shape[:5]
+    # Under the simulator one broadcast a dtype (each call is slow); every one on a GPU.
+    picks = [(MASKS[FLOAT_DTYPES.index(dt)], True)] if HOST else \
+        [(spec, causal) for spec in MASKS for causal in (False, True)]
+    for spec, causal in picks:
+        run_masked(q, k, v, random_mask(spec, b, h, s, skv, dt, rng), dt, causal)
+
+
+@pytest.mark.parametrize("dt", [dtypes.float16, dtypes.bfloat16], ids=dtype_id)
+def test_tensor_cores_mask_broadcasts_and_dtypes(dt, forced, rng):
+    forced(TC, only="flash_attention")
+    shape = (1, 2, 1, 19, 70, 16, 16) if HOST else (2, 4, 2, 257, 300, 128, 128)
+    q, k, v = qkv(*shape, dt, rng)
+    b, h, _, s, skv = shape[:5]
+    # The mask's own dtype need not be q's: a float32 mask, and one of q's dtype.
+    run_masked(q, k, v, random_mask("B,1,S,Skv", b, h, s, skv, np.float32, rng), dt, True)
+    run_masked(q, k, v, random_mask("B,H,S,Skv" if HOST else "B,1,1,Skv", b, h, s, skv, dt,
+                                    rng), dt, False)
+
+
+@pytest.mark.parametrize("config", [SIMT, TC], ids=["simt", "tc"])
+def test_mask_rows_without_keys_nan_and_views(config, forced, rng):
+    forced(config, only="flash_attention")
+    dt = dtypes.float32 if config is SIMT else dtypes.float16
+    q, k, v = qkv(1, 2, 2, size(5, 100), size(40, 130), 16, 16, dt, rng)
+    mask = np.zeros((q.shape[2], k.shape[2]), np.float64)
+    mask[1] = -np.inf                      # query 1 sees no key: zeros
+    mask[3, k.shape[2] - 2] = np.nan       # query 3 becomes NaN, its neighbours do not
+    mask[:, 0] = -np.inf
+    got = run("flash_attention", [q, k, v, mask])
+    with on_cuda():                        # a strided mask view made on the device
+        wide = to_device(np.repeat(mask, 2, axis=-1))[:, ::2]
+        viewed = tsol.flash_attention(*(to_device(a) for a in (q, k, v)), wide)
+    if COMPILE_ONLY:
+        return
+    got = got.astype(np.float32)
+    np.testing.assert_array_equal(got[:, :, 1], 0.0)
+    assert np.isnan(got[:, :, 3]).all()
+    assert not np.isnan(np.delete(got, 3, axis=2)).any()
+    want = reference("flash_attention", q, k, v, mask, causal=False, scale=0.25)
+    assert_close(got, want, dt, rtol_mult=math.sqrt(16 + k.shape[2]) / 4)
+    assert_close(to_host(viewed), want, dt, rtol_mult=math.sqrt(16 + k.shape[2]) / 4)
 
 
 def test_scaled_dot_product_attention_and_errors(rng):

@@ -2,7 +2,8 @@
 gamma/beta absent or of other dtypes and strides, a mean far larger than the spread, rows
 longer than the registers hold (Welford statistics split over blocks, then a streaming pass),
 multi-warp rows, views, in-place out=, empty inputs and user errors; the fused residual add
-(same and mixed dtypes, both paths, out= the residual, replayed layouts)."""
+(same and mixed dtypes, both paths, out= the residual, replayed layouts); 16-bit rows read a
+word at a time where every row start is aligned to it."""
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import tsol
 from tests.cuda.support import (
     COMPILE_ONLY,
     CUDA_TESTS,
+    HOST,
     SIMULATOR,
     check,
     on_cuda,
@@ -19,10 +21,11 @@ from tests.cuda.support import (
     to_device,
     to_host,
 )
-from tests.support import FLOAT_DTYPES, dtype_id, rand, reference, to64
+from tests.cuda.test_softmax import HALF_ROWS, launched, placed
+from tests.support import FLOAT_DTYPES, assert_close, dtype_id, rand, reference, to64
 from tsol import dtypes
 from tsol.errors import DTypeError, ShapeError, TSOLError
-from tsol.kernels.cuda import gpu, normalization, replay
+from tsol.kernels.cuda import gpu, normalization, replay, row_index
 from tsol.ops import base
 from tsol.registry import Config
 
@@ -73,22 +76,55 @@ def test_register_path_fits_the_register_file():
     if SIMULATOR:
         return      # no PTX under the simulator
     pytest.importorskip("cuda.bindings.nvjitlink")
-    for dt in (f64, f32, np.dtype(dtypes.bfloat16)):
+    for dt, W in ((f64, 1), (f32, 1), (np.dtype(dtypes.bfloat16), 1),
+                  (np.dtype(dtypes.bfloat16), 4)):
         acc = f64 if dt == f64 else f32
-        arr = gpu.numba_type((gpu.storage(dt)[0].str, 1, "C"))
+        arr = gpu.numba_type(((gpu.storage(dt)[0] if W == 1 else row_index.WORDS[W]).str, 1,
+                              "C"))
         for rms in (False, True):
             for n in (1000, 4099, 8193):
                 planned = tile(n, config, acc, rms)
-                if planned is None:
+                if planned is None or n % W:
                     continue
                 T, B, K = planned
                 for res in (None, dt):
                     dts = normalization._Dtypes(dt, res, dt, None if rms else dt, dt)
-                    k = normalization._row_kernel(dts, acc, rms, T, B, K, n == T * K)
+                    k = normalization._row_kernel(dts, acc, rms, T, B, K, n == T * K, W,
+                                                  "" if W == 1 else "gb"[:2 - rms])
                     argtypes = [arr] * (3 + (not rms) + (res is not None)) \
                         + [gpu.numba_type(int)] * 2 + [gpu.numba_type(float)]
                     used = gpu.registers(k, argtypes)
                     assert used * B <= gpu.REGISTERS_PER_BLOCK, (k.name, used, B)
+
+
+@pytest.mark.parametrize("dt", sorted(dtypes.HALF, key=str), ids=dtype_id)
+@pytest.mark.parametrize("op", OPS)
+def test_half_rows_by_words_and_misaligned(op, dt, monkeypatch, rng):
+    """bfloat16/float16 rows of x, the residual and out whose every start is aligned to 4 (or
+    2) elements are read and written that many an access, gamma/beta too when contiguous and
+    aligned (else an element at a time: reversed, float32); odd lengths and a misaligned x or
+    residual take element accesses throughout."""
+    seen = launched(monkeypatch)
+    affine = "g" if op == "rmsnorm" else "gb"
+    for n, offset, width in HALF_ROWS:
+        x, r = rand((5, n), dt, rng), rand((5, n), dt, rng)
+        p = params(op, n, dt, rng)
+        cases = [(p, None, affine), ([q[::-1] for q in p], None, ""),
+                 (params(op, n, np.float32, rng), None, ""),
+                 (params(op, n, dt, rng, affine=False), None, ""),
+                 (p, offset, affine), (p, 1 - offset % 2, affine)]
+        for q, r_offset, wide in cases:
+            attrs = {"eps": 1e-5}
+            if r_offset is not None:
+                attrs["residual"] = placed(r, r_offset)
+            expect = str(width) + wide if width > 1 and r_offset in (None, offset) else "1"
+            seen.clear()
+            got = run(op, [placed(x, offset), *q], attrs)
+            if HOST:
+                assert seen == [expect], (n, offset, r_offset)
+            if not COMPILE_ONLY:
+                ref = reference(op, x, *q, None if r_offset is None else to64(r), eps=1e-5)
+                assert_close(got, ref, dt, what=f"cuda {op} n={n}+{offset}")
 
 
 @pytest.mark.parametrize("op", OPS)

@@ -2,7 +2,9 @@
 
 Attention cases cover odd sequence lengths (1, 7, 129), S != Skv both ways (a KV cache and
 queries that see no key), grouped-query attention, causal and not, block sizes that do not
-divide S, every float dtype and non-contiguous operands. Attention sums D products per score
+divide S, every float dtype and non-contiguous operands; additive masks broadcast over any of
+the [B, H, S, Skv] axes, with -inf entries, fully masked queries, NaN and +inf entries, other
+float dtypes than q's, and their gradient. Attention sums D products per score
 and up to Skv terms per output: ``_rtol_mult`` scales the dtype tolerance by that length.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import math
 import tracemalloc
 
+import ml_dtypes
 import numba
 import numpy as np
 import pytest
@@ -167,7 +170,128 @@ def test_flash_attention_vjp(causal, rng):
     for shape in [(1, 4, 2, 5, 3, 3, 2), (1, 2, 2, 3, 6, 3, 2)]:
         q, k, v = _qkv(shape, np.float64, rng, low=-1.0, high=1.0)
         check_vjp(lambda q, k, v: tsol.flash_attention(q, k, v, causal=causal), [q, k, v],
-                  lambda g, q, k, v: run_vjp("flash_attention", g, (q, k, v), causal=causal))
+                  lambda g, q, k, v: run_vjp("flash_attention", g, (q, k, v),
+                                             causal=causal)[:3])
+
+
+# --- flash_attention with an additive mask --------------------------------------------------
+
+# (B, H, Hkv, S, Skv, D, Dv): S and Skv odd, past the 64-key tile, both ways round.
+MASK_SHAPES = [(2, 4, 2, 7, 33, 8, 6), (1, 2, 1, 70, 9, 16, 16), (2, 2, 2, 129, 131, 8, 8)]
+MASK_BROADCASTS = ["S,Skv", "B,1,S,Skv", "B,H,S,Skv", "B,1,1,Skv", "H,S,1", "Skv"]
+"""Mask shapes by the [B, H, S, Skv] axes they keep (the others 1 or absent)."""
+
+
+def mask_shape(spec: str, b: int, h: int, s: int, skv: int) -> tuple[int, ...]:
+    sizes = {"B": b, "H": h, "S": s, "Skv": skv, "1": 1}
+    return tuple(sizes[a] for a in spec.split(","))
+
+
+def random_mask(shape, dt, rng, *, drop=0.2):
+    """Uniform biases in [-2, 2) with about ``drop`` of them -inf and, where the mask has a
+    query axis, its second query row all -inf (that query sees no key)."""
+    m = rng.uniform(-2.0, 2.0, shape)
+    m[rng.random(shape) < drop] = -np.inf
+    if len(shape) >= 2 and shape[-2] > 1:
+        m[..., 1, :] = -np.inf
+    return m.astype(dt)
+
+
+@pytest.mark.parametrize("dt", FLOAT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("shape", MASK_SHAPES, ids=shape_id)
+def test_flash_attention_mask(shape, dt, rng):
+    q, k, v = _qkv(shape, dt, rng)
+    b, h, _, s, skv = shape[:5]
+    for spec in MASK_BROADCASTS:
+        mask = random_mask(mask_shape(spec, b, h, s, skv), dt, rng)
+        for causal in (False, True):
+            want = reference("flash_attention", q, k, v, mask, causal=causal,
+                             scale=1 / math.sqrt(shape[5]))
+            for bq, bk in BLOCKS[:2]:
+                got = tsol.flash_attention(q, k, v, mask, causal=causal, block_q=bq, block_k=bk)
+                assert got.dtype == dt and got.shape == want.shape
+                assert_close(got, want, dt, rtol_mult=_rtol_mult(shape[5], skv),
+                             what=f"mask {spec} causal={causal} blocks={bq},{bk}")
+
+
+def test_flash_attention_mask_rows_without_keys_dtypes_and_out(rng):
+    q, k, v = _qkv((1, 2, 2, 9, 13, 8, 8), np.float32, rng)
+    mask = random_mask((9, 13), np.float32, rng)
+    want = _ref_masked(q, k, v, mask)
+    # A query whose keys are all -inf gives zeros, as the reference defines.
+    got = tsol.flash_attention(q, k, v, mask)
+    np.testing.assert_array_equal(got[:, :, 1], 0.0)
+    assert_close(got, want, np.float32, rtol_mult=2)
+    # Masks of other float dtypes than q's: converted to the compute type.
+    for mdt in (np.float64, np.float16, ml_dtypes.bfloat16):
+        m = mask.astype(mdt)
+        assert_close(tsol.flash_attention(q, k, v, m), _ref_masked(q, k, v, m), np.float32,
+                     rtol_mult=2, what=str(np.dtype(mdt)))
+    # out= (filled with NaN first), a non-contiguous mask view, and a mask with -inf alone.
+    out = np.full(want.shape, np.nan, np.float32)
+    assert tsol.flash_attention(q, k, v, mask, out=out) is out
+    assert_close(out, want, np.float32, rtol_mult=2, what="out=")
+    strided = np.concatenate([mask, mask], axis=-1)[:, ::2]
+    assert_close(tsol.flash_attention(q, k, v, strided), _ref_masked(q, k, v, strided),
+                 np.float32, rtol_mult=2, what="strided mask")
+    zeros = np.zeros((9, 13), np.float32)
+    assert_close(tsol.flash_attention(q, k, v, zeros), _ref_attention(q, k, v, False),
+                 np.float32, rtol_mult=2, what="zero mask")
+    # causal and a mask together may leave a query no key: zeros again.
+    m = np.zeros((9, 13), np.float32)
+    m[:, :5] = -np.inf                      # causal query 0 sees keys 0..4 alone
+    np.testing.assert_array_equal(tsol.flash_attention(q, k, v, m, causal=True)[:, :, 0], 0.0)
+
+
+def _ref_masked(q, k, v, mask, causal=False):
+    return reference("flash_attention", q, k, v, mask, causal=causal,
+                     scale=1 / math.sqrt(q.shape[-1]))
+
+
+def test_flash_attention_mask_nonfinite(rng):
+    q, k, v = _qkv((1, 2, 1, 6, 70, 4, 4), np.float32, rng)
+    for bad in (np.nan, np.inf):
+        mask = np.zeros((6, 70), np.float32)
+        mask[2, 66] = bad                      # in the second key tile
+        got = tsol.flash_attention(q, k, v, mask)
+        want = _ref_masked(q, k, v, mask)
+        assert np.isnan(want[0, :, 2]).all(), "the reference's rule"
+        assert np.isnan(got[0, :, 2]).all()
+        assert not np.isnan(np.delete(got[0], 2, 1)).any()
+    # Large finite biases (exp(100) overflows float32) do not overflow: the running max
+    # absorbs them.
+    big = np.full((6, 70), 100.0, np.float32)
+    assert_close(tsol.flash_attention(q, k, v, big), _ref_attention(q, k, v, False), np.float32,
+                 rtol_mult=2)
+
+
+def test_flash_attention_mask_errors(rng):
+    q, k, v = _qkv((2, 4, 2, 5, 6, 8, 8), np.float32, rng)
+    fa, name = tsol.flash_attention, "tsol.flash_attention"
+    fails(lambda: fa(q, k, v, np.zeros((5, 6), bool)), DTypeError, name, "mask", "np.where")
+    fails(lambda: fa(q, k, v, np.zeros((5, 6), np.int32)), DTypeError, name, "mask")
+    fails(lambda: fa(q, k, v, np.zeros((6, 5), np.float32)), ShapeError, name, "(6, 5)",
+          "[2, 4, 5, 6]", "[B, 1, S, Skv]")
+    fails(lambda: fa(q, k, v, np.zeros((3, 1, 5, 6), np.float32)), ShapeError, name, "mask")
+    fails(lambda: fa(q, k, v, np.zeros((1, 2, 4, 5, 6), np.float32)), ShapeError, name, "mask")
+    fails(lambda: fa(q, k, v, 0.5), ArgumentError, name, "Python scalar")
+    fails(lambda: fa(q, k, v, mask=[0.0] * 6), ArgumentError, name, "list")
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_flash_attention_mask_vjp(causal, rng):
+    # dq, dk, dv and the mask's cotangent (dS summed over its broadcast axes), GQA, S != Skv
+    # both ways, masks broadcast over batch and heads or given per head, -inf entries and a
+    # query that sees no key.
+    for shape, spec in [((2, 4, 2, 5, 3, 3, 2), "S,Skv"), ((1, 4, 2, 3, 6, 3, 2), "H,S,Skv"),
+                        ((2, 2, 1, 4, 5, 3, 3), "B,1,1,Skv")]:
+        q, k, v = _qkv(shape, np.float64, rng, low=-1.0, high=1.0)
+        b, h, _, s, skv = shape[:5]
+        mask = random_mask(mask_shape(spec, b, h, s, skv), np.float64, rng, drop=0.15)
+        check_vjp(lambda q, k, v, m: tsol.flash_attention(q, k, v, m, causal=causal),
+                  [q, k, v, mask],
+                  lambda g, q, k, v, m: run_vjp("flash_attention", g, (q, k, v, m),
+                                                causal=causal))
 
 
 # --- scaled_dot_product_attention ---------------------------------------------------------

@@ -109,26 +109,71 @@ def test_attention_module_is_one_flash_attention_kernel(rng, causal_scale):
     assert_close(got, want, np.float32, scale=8)
 
 
-@pytest.mark.parametrize("s, skv", [(17, 17), (5, 12)])
+def _fa_nodes(f, *args):
+    """The flash_attention nodes of compiled ``f``'s optimized graph at ``args``."""
+    return [n for n in f.executable(*args).optimized.live() if n.op == "flash_attention"]
+
+
+@pytest.mark.parametrize("s, skv", [(17, 17), (5, 12), (9, 4)])
 def test_causal_mask_constant_rewrites_to_causal_flash_attention(rng, s, skv):
     """``softmax(q k^T * scale + mask) v`` with a constant causal mask (bottom-right aligned,
-    -inf above) is one causal flash_attention kernel; any other mask stays unfused."""
+    -inf above) is one causal flash_attention kernel without a mask operand; any other mask
+    is one flash_attention kernel with the mask."""
     keep = np.arange(skv)[None, :] <= np.arange(s)[:, None] + (skv - s)
     causal = np.where(keep, 0.0, -np.inf).astype(np.float32)
     q = rng.standard_normal((2, 3, s, 8)).astype(np.float32)
     k, v = (rng.standard_normal((2, 3, skv, 8)).astype(np.float32) for _ in range(2))
     ref = tsol.registry.get_op("flash_attention").reference
-    for mask, fused in ((causal, True), (np.where(keep, 0.0, -1e9).astype(np.float32), False),
-                        (causal.T.copy() if s == skv else causal[:, ::-1].copy(), False)):
+    other = causal.T.copy() if s == skv else causal[:, ::-1].copy()
+    # A finite "causal" mask (-30: float32 keeps the scores' digits beside it) is no causal one.
+    for mask, is_causal in ((causal, True), (np.where(keep, 0.0, -30.0).astype(np.float32), False),
+                            (other, False)):
         f = tsol.jit(lambda q, k, v, mask=mask: op.matmul(
             op.softmax(op.matmul(q, op.transpose(k, (0, 1, 3, 2))) * 0.3 + mask), v))
         got = f(q, k, v)
-        assert ("flash_attention" in f.explain()) is fused
-        if fused:
-            assert f.kernel_count() == 1
-            want = ref(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64),
-                       causal=True, scale=0.3, block_q=None, block_k=None)
-            assert_close(got, want, np.float32, scale=8)
+        assert f.kernel_count() == 1
+        (node,) = _fa_nodes(f, q, k, v)
+        assert node.attr["causal"] is is_causal and (node.inputs[3] is None) is is_causal
+        want = ref(*(a.astype(np.float64) for a in (q, k, v, mask)), causal=False, scale=0.3)
+        assert_close(got, want, np.float32, scale=8)
+
+
+@pytest.mark.parametrize("mask_shape", [(2, 1, 9, 12), (9, 12), (2, 1, 1, 12), (3, 9, 12)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_attention_module_with_a_mask_is_one_flash_attention_kernel(rng, mask_shape):
+    """A mask passed in (key padding, ALiBi-like biases, per-head masks; -inf entries and a
+    query that sees no key) fuses into the one flash_attention kernel, in either operand
+    order of the add."""
+    @tsol.graph.module("masked_attention")
+    def attention(q, k, v, mask):
+        scores = op.matmul(q, op.transpose(k, (0, 1, 3, 2))) * 0.35
+        return op.matmul(op.softmax(mask + scores), v)
+    q = rng.standard_normal((2, 3, 9, 8)).astype(np.float32)
+    k, v = (rng.standard_normal((2, 3, 12, 8)).astype(np.float32) for _ in range(2))
+    mask = rng.uniform(-2, 2, mask_shape).astype(np.float32)
+    mask[rng.random(mask_shape) < 0.2] = -np.inf
+    if mask_shape[-2] > 1:
+        mask[..., 1, :] = -np.inf
+    got = attention(q, k, v, mask)
+    assert attention.kernel_count() == 1
+    assert "flash_attention" in attention.explain()
+    want = tsol.registry.get_op("flash_attention").reference(
+        *(a.astype(np.float64) for a in (q, k, v, mask)), causal=False, scale=0.35)
+    assert_close(got, want, np.float32, scale=8)
+    if mask_shape[-2] > 1:              # the query that sees no key: zeros (unfused: NaN)
+        np.testing.assert_array_equal(got[:, :, 1], 0.0)
+
+
+def test_mask_that_is_no_float_array_stays_unfused(rng):
+    q, k, v = (rng.standard_normal((1, 2, 5, 4)).astype(np.float32) for _ in range(3))
+    scores = lambda q, k: op.matmul(q, op.transpose(k, (0, 1, 3, 2)))  # noqa: E731
+    ops = optimized_ops(lambda q, k, v: op.matmul(op.softmax(scores(q, k) + scores(q, k)), v),
+                        q, k, v)
+    assert "flash_attention" not in ops
+    bigger = rng.standard_normal((3, 2, 5, 5)).astype(np.float32)   # broadcasts the scores up
+    ops = optimized_ops(lambda q, k, v, m: op.matmul(op.softmax(scores(q, k) + m), v), q, k, v,
+                        bigger)
+    assert "flash_attention" not in ops
 
 
 def test_canonicalize_drops_noops_and_folds_scalars(rng):

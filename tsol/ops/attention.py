@@ -1,7 +1,8 @@
 """Attention: flash_attention (and PyTorch's scaled_dot_product_attention name for it) and rope.
 
-``flash_attention`` computes ``softmax(Q K^T * scale + mask) V`` with an online softmax over key
-tiles, so no ``S x Skv`` score matrix ever exists. ``rope`` applies rotary position embeddings.
+``flash_attention`` computes ``softmax(Q K^T * scale + mask) V`` (an optional additive mask, a
+causal one built in) with an online softmax over key tiles, so no ``S x Skv`` score matrix ever
+exists. ``rope`` applies rotary position embeddings.
 Both compute half types (float16, bfloat16) in float32.
 """
 
@@ -17,7 +18,7 @@ import tsol
 from tsol import dtypes
 from tsol.errors import ArgumentError, DTypeError, ShapeError, op_error
 from tsol.ops.base import Meta, defop
-from tsol.ops.rules import broadcasts_to, require_dtypes, require_float
+from tsol.ops.rules import broadcasts_to, require_dtypes, require_float, sum_to_shape
 
 __all__ = ["flash_attention", "scaled_dot_product_attention", "rope"]
 
@@ -57,7 +58,8 @@ def _attention_normalize(metas: Sequence[Meta], *, causal: Any, scale: Any, bloc
             "block_k": _positive_int(op, "block_k", block_k, metas)}
 
 
-def _attention_meta(q: Meta, k: Meta, v: Meta, **attrs: Any) -> Meta:
+def _attention_meta(q: Meta, k: Meta, v: Meta, mask: Meta | None = None, **attrs: Any
+                    ) -> Meta:
     op, operands = "flash_attention", (q, k, v)
     if any(m.ndim != 4 for m in operands):
         raise op_error(ShapeError, op, f"q, k and v must be 4-d [batch, heads, seq, head_dim]; "
@@ -82,7 +84,26 @@ def _attention_meta(q: Meta, k: Meta, v: Meta, **attrs: Any) -> Meta:
     if problem:
         raise op_error(ShapeError, op, problem, "pass q [B, H, S, D], k [B, Hkv, Skv, D] and "
                        "v [B, Hkv, Skv, Dv] with Hkv dividing H", operands)
+    if mask is not None:
+        _check_mask(mask, (b, h, q.shape[2], skv), operands)
     return Meta((b, h, q.shape[2], dv), q.dtype)
+
+
+def _check_mask(mask: Meta, scores: tuple[int, ...], operands: Sequence[Meta]) -> None:
+    """The mask rule: a float array broadcastable to the [B, H, S, Skv] scores."""
+    op, operands = "flash_attention", (*operands, mask)
+    if mask.weak:
+        raise op_error(ArgumentError, op, "mask must be an array, not a Python scalar",
+                       "pass an array broadcastable to [B, H, S, Skv], or no mask", operands)
+    if mask.dtype not in dtypes.FLOATS:
+        raise op_error(DTypeError, op, f"mask must be a float additive mask (0 keeps a key, "
+                       f"-inf drops it), got {mask.dtype}", "convert a boolean keep-mask with "
+                       "np.where(keep, 0.0, -np.inf).astype(q.dtype)", operands)
+    if mask.ndim > 4 or not broadcasts_to(mask.shape, scores):
+        raise op_error(ShapeError, op, f"mask {mask.shape} does not broadcast to the scores "
+                       f"[B, H, S, Skv] = {list(scores)}", "pass a mask of shape [S, Skv], "
+                       "[B, 1, S, Skv] or [B, H, S, Skv] (1 on any axis broadcasts, e.g. "
+                       "[B, 1, 1, Skv] for key padding)", operands)
 
 
 def causal_keep(s: int, skv: int) -> np.ndarray:
@@ -90,18 +111,21 @@ def causal_keep(s: int, skv: int) -> np.ndarray:
     return np.arange(skv)[None, :] <= np.arange(s)[:, None] + (skv - s)
 
 
-def _attention_ref(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, causal: bool, scale: float,
-                   **_: Any) -> np.ndarray:
+def _attention_ref(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None = None,
+                   *, causal: bool, scale: float, **_: Any) -> np.ndarray:
     group = q.shape[1] // max(k.shape[1], 1)
     k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
     s = np.matmul(q, np.swapaxes(k, -1, -2)) * scale
+    if mask is not None:
+        s = s + mask
     if causal:
         s = np.where(causal_keep(q.shape[2], k.shape[2]), s, -np.inf)
     m = np.max(s, axis=-1, keepdims=True, initial=-np.inf)
-    p = np.exp(s - np.where(m == -np.inf, 0.0, m))
+    with np.errstate(invalid="ignore"):         # NaN or +inf scores make their row NaN
+        p = np.exp(s - np.where(m == -np.inf, 0.0, m))
     total = p.sum(axis=-1, keepdims=True)
     o = np.matmul(p, v) / np.where(total == 0, 1.0, total)
-    return np.where(total == 0, 0.0, o)           # a row that sees no key gives zeros
+    return np.where(total == 0, 0.0, o)           # a row that sees no key (all -inf) gives zeros
 
 
 def _visible_pairs(s: int, skv: int, causal: bool) -> int:
@@ -110,18 +134,21 @@ def _visible_pairs(s: int, skv: int, causal: bool) -> int:
     return int(np.clip(np.arange(s) + (skv - s) + 1, 0, skv).sum())
 
 
-def _attention_cost(q: Meta, k: Meta, v: Meta, *, out: Meta, causal: bool, **_: Any
-                    ) -> tuple[float, float]:
+def _attention_cost(q: Meta, k: Meta, v: Meta, mask: Meta | None = None, *, out: Meta,
+                    causal: bool, **_: Any) -> tuple[float, float]:
     b, h, s, d = q.shape
     pairs = b * h * _visible_pairs(s, k.shape[2], causal)
-    # Q K^T and P V multiply-adds, plus max, exp, sum and rescale per score.
-    flops = pairs * (2.0 * d + 2.0 * v.shape[3] + 5.0)
-    return flops, float(q.nbytes + k.nbytes + v.nbytes + out.nbytes)
+    # Q K^T and P V multiply-adds, plus max, exp, sum and rescale per score (and the mask's add).
+    flops = pairs * (2.0 * d + 2.0 * v.shape[3] + 5.0 + (mask is not None))
+    moved = q.nbytes + k.nbytes + v.nbytes + out.nbytes + (0 if mask is None else mask.nbytes)
+    return flops, float(moved)
 
 
-def _attention_vjp(g: Any, q: Any, k: Any, v: Any, *, out: Any, causal: bool, scale: float,
-                   **_: Any) -> tuple[Any, Any, Any]:
-    """Non-fused backward: recomputes P = softmax(Q K^T * scale) with TSOL ops (O(S x Skv)).
+def _attention_vjp(g: Any, q: Any, k: Any, v: Any, mask: Any = None, *, out: Any,
+                   causal: bool, scale: float, **_: Any) -> tuple[Any, Any, Any, Any]:
+    """Non-fused backward: recomputes P = softmax(Q K^T * scale + mask) with TSOL ops
+    (O(S x Skv)). The mask's cotangent is dS, the softmax gradient of the scores, summed over
+    the axes the mask broadcasts along.
 
     GQA folds the group of query heads sharing a kv head into the query axis, so k and v keep
     their own shape and the sums over the group come out of the matmuls.
@@ -133,7 +160,9 @@ def _attention_vjp(g: Any, q: Any, k: Any, v: Any, *, out: Any, causal: bool, sc
     gg = tsol.reshape(g, (b, hkv, group * s, dv))
     kt = tsol.transpose(k, (0, 1, 3, 2))
     scores = tsol.multiply(tsol.matmul(qg, kt), scale)
-    if causal:
+    if mask is not None:
+        p = _masked_probs(scores, mask, causal, (b, hkv, group, s, skv), q.dtype)
+    elif causal:
         # A finite bias instead of -inf keeps rows that see no key finite; ``keep`` (a constant
         # of the shapes) then zeroes them, as the forward pass does.
         keep = np.tile(causal_keep(s, skv), (group, 1)).astype(q.dtype)
@@ -145,16 +174,47 @@ def _attention_vjp(g: Any, q: Any, k: Any, v: Any, *, out: Any, causal: bool, sc
     dv_ = tsol.matmul(tsol.transpose(p, (0, 1, 3, 2)), gg)
     dp = tsol.matmul(gg, tsol.transpose(v, (0, 1, 3, 2)))
     row = tsol.sum(tsol.multiply(dp, p), axis=-1, keepdims=True)
-    ds = tsol.multiply(tsol.multiply(p, tsol.subtract(dp, row)), scale)
+    dscores = tsol.multiply(p, tsol.subtract(dp, row))
+    ds = tsol.multiply(dscores, scale)
     dq = tsol.reshape(tsol.matmul(ds, k), (b, h, s, d))
     dk = tsol.matmul(tsol.transpose(ds, (0, 1, 3, 2)), qg)
-    return dq, dk, dv_
+    dmask = None
+    if mask is not None:
+        dmask = sum_to_shape(tsol.reshape(dscores, (b, h, s, skv)), tuple(mask.shape))
+        if dmask.dtype != mask.dtype:
+            dmask = tsol.astype(dmask, mask.dtype)
+    return dq, dk, dv_, dmask
 
 
-@defop(family="attention", inputs=("q", "k", "v"), meta=_attention_meta,
+def _masked_probs(scores: Any, mask: Any, causal: bool, grouped: tuple[int, ...],
+                  dt: np.dtype) -> Any:
+    """softmax(scores + mask) of the [B, Hkv, G*S, Skv] grouped scores, rows whose every key
+    is masked (-inf, or by ``causal``) zeroed as in the forward pass.
+
+    Scores and mask meet in 5-d [B, Hkv, G, S, Skv], where a mask broadcast over heads (or
+    given per query head) lines up with the folded query axis. -inf entries become a finite
+    low value, so a fully masked row stays finite until ``alive`` zeroes it.
+    """
+    b, hkv, group, s, skv = grouped
+    bias = mask if mask.dtype == dt else tsol.astype(mask, dt)
+    if causal:
+        bias = tsol.add(bias, np.where(causal_keep(s, skv), 0.0, -np.inf).astype(dt))
+    mb, mh, ms, mk = (1,) * (4 - bias.ndim) + tuple(bias.shape)
+    heads = (1, 1) if mh == 1 else (hkv, group)
+    bias = tsol.reshape(bias, (mb, *heads, ms, mk))
+    top = tsol.max(bias, axis=-1, keepdims=True)
+    alive = tsol.subtract(1.0, tsol.astype(tsol.equal(top, -np.inf), dt))
+    low = float(ml_dtypes.finfo(dt).min) / 4
+    x = tsol.add(tsol.reshape(scores, grouped), tsol.maximum(bias, np.asarray(low, dt)))
+    p = tsol.multiply(tsol.softmax(x, axis=-1), alive)
+    return tsol.reshape(p, (b, hkv, group * s, skv))
+
+
+@defop(family="attention", inputs=("q", "k", "v", "mask"), meta=_attention_meta,
        reference=_attention_ref, vjp=_attention_vjp, cost=_attention_cost,
        normalize=_attention_normalize)
-def flash_attention(q, k, v, *, causal=False, scale=None, block_q=None, block_k=None, out=None):
+def flash_attention(q, k, v, mask=None, *, causal=False, scale=None, block_q=None, block_k=None,
+                    out=None):
     """Attention ``softmax(q k^T * scale + mask) v`` without materializing the score matrix.
 
     - ``q``: [B, H, S, D]; ``k``: [B, Hkv, Skv, D]; ``v``: [B, Hkv, Skv, Dv]. All one float
@@ -162,19 +222,31 @@ def flash_attention(q, k, v, *, causal=False, scale=None, block_q=None, block_k=
       The result is [B, H, S, Dv] in that dtype.
     - Grouped-query / multi-query attention when Hkv divides H: query head ``h`` reads kv head
       ``h // (H // Hkv)``.
+    - ``mask``: None, or an additive float mask (any float dtype, converted to the compute
+      type) broadcastable to the [B, H, S, Skv] scores: [S, Skv], [B, 1, S, Skv],
+      [B, H, S, Skv], [B, 1, 1, Skv] for key padding, ... It is added to the scaled scores
+      before the softmax: 0 keeps a key, ``-inf`` drops it, finite values bias it (ALiBi,
+      relative positions). A query whose every key is ``-inf`` gives zeros (as under
+      ``causal``); a NaN in the mask, or ``+inf``, makes its query's row NaN. Differentiable:
+      the mask's cotangent is the softmax gradient of the scores, summed over its broadcast
+      axes. float16/bfloat16 masks are widened to float32 in their own shape by the CPU
+      kernel; CUDA kernels read any dtype as it is.
     - ``scale``: multiplies the scores; None means ``1 / sqrt(D)``.
     - ``causal``: query ``i`` sees keys ``j <= i + (Skv - S)``: the mask is aligned to the
       bottom-right corner, as in FlashAttention-2 and PyTorch's ``causal_lower_right`` (so with
       a KV cache the last query sees every key). PyTorch's ``is_causal=True`` is top-left
       aligned instead; ``scaled_dot_product_attention`` below follows PyTorch. When S > Skv the
       first ``S - Skv`` queries see no key; such rows (and every row when Skv == 0) are zeros.
+      It combines with ``mask`` (both apply) and is cheaper than the same causal pattern given
+      as a mask: tiles above the diagonal are skipped.
     - ``block_q``, ``block_k``: query and key tile sizes (positive ints; None picks them). The
       kernel runs an online softmax over key tiles (running max, running sum, rescaled
       accumulator), so its memory is O(S * D) per head, and causal runs skip tiles above the
       diagonal. Summation order depends on the tiles, never on the thread count.
     - Raises ShapeError for a rank other than 4, batch or sequence sizes that differ, Hkv not
-      dividing H, or a head_dim mismatch; DTypeError for non-float or mixed dtypes;
-      ArgumentError for a bad ``causal``, ``scale`` or block size, or a non-array operand.
+      dividing H, a head_dim mismatch, or a mask that does not broadcast to [B, H, S, Skv];
+      DTypeError for non-float or mixed q/k/v dtypes or a non-float mask; ArgumentError for a
+      bad ``causal``, ``scale`` or block size, a Python scalar as mask, or a non-array operand.
 
     >>> import numpy as np, tsol
     >>> q = np.ones((1, 2, 3, 4), np.float32)
@@ -183,6 +255,11 @@ def flash_attention(q, k, v, *, causal=False, scale=None, block_q=None, block_k=
     array([[0., 1., 2., 3.],
            [2., 3., 4., 5.],
            [4., 5., 6., 7.]], dtype=float32)
+    >>> pad = np.array([0.0, 0.0, -np.inf], np.float32)     # the last key is padding
+    >>> tsol.flash_attention(q, q, v, pad)[0, 0]
+    array([[2., 3., 4., 5.],
+           [2., 3., 4., 5.],
+           [2., 3., 4., 5.]], dtype=float32)
     """
     ...
 
@@ -197,8 +274,9 @@ def scaled_dot_product_attention(query: Any, key: Any, value: Any, attn_mask: An
     ``enable_gqa=True``. ``is_causal=True`` is top-left aligned as in PyTorch (query ``i`` sees
     keys ``j <= i``), which differs from ``flash_attention(causal=True)`` when L != S.
 
-    Not supported (ArgumentError): ``attn_mask`` (use ``is_causal`` or call flash_attention)
-    and ``dropout_p != 0`` (apply dropout outside, or pass 0.0 at inference).
+    Not supported (ArgumentError): ``attn_mask`` (use ``is_causal``, or flash_attention's
+    additive ``mask``) and ``dropout_p != 0`` (apply dropout outside, or pass 0.0 at
+    inference).
 
     >>> import numpy as np, tsol
     >>> q = np.zeros((1, 1, 2, 4), np.float32)
@@ -211,8 +289,8 @@ def scaled_dot_product_attention(query: Any, key: Any, value: Any, attn_mask: An
     operands = (query, key, value)
     if attn_mask is not None:
         raise op_error(ArgumentError, op, "attn_mask is not supported",
-                       "use is_causal=True for a causal mask, or apply other masks with "
-                       "tsol.softmax on explicit scores", operands)
+                       "use is_causal=True for a causal mask, or pass an additive float mask "
+                       "to tsol.flash_attention(q, k, v, mask)", operands)
     if not _real(dropout_p) or dropout_p != 0:
         raise op_error(ArgumentError, op, f"dropout_p={dropout_p!r} is not supported",
                        "pass dropout_p=0.0 (apply tsol.dropout to the output if needed)",

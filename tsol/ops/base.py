@@ -277,7 +277,44 @@ class _Plan:
             setattr(self, k, v)
 
 
-_plans: dict[Any, _Plan] = {}
+class _PlanTable:
+    """Eager-call plans by signature key, one table per (settings, selector) in force: the
+    settings name the default backend and a plan keeps its kernel choice. The pair is hashed
+    only when it changes, not per call."""
+
+    def __init__(self) -> None:
+        self.tables: dict[Any, dict[Any, _Plan]] = {}
+        self.now: tuple[Any, Any, dict[Any, _Plan]] = (None, None, {})
+
+    def current(self) -> dict[Any, _Plan]:
+        settings, now = config.get(), self.now
+        if now[0] is settings and now[1] is selector:
+            return now[2]
+        if len(self.tables) > 64:
+            self.tables.clear()
+        table = self.tables.setdefault((settings, selector), {})
+        self.now = (settings, selector, table)
+        return table
+
+    def get(self, key: Any) -> _Plan | None:
+        return self.current().get(key)
+
+    def __setitem__(self, key: Any, plan: _Plan) -> None:
+        table = self.current()
+        if len(table) > 4096:
+            table.clear()
+        table[key] = plan
+
+    def values(self) -> list[_Plan]:
+        """Every stored plan, under any settings (for inspection)."""
+        return [p for table in self.tables.values() for p in table.values()]
+
+    def clear(self) -> None:
+        self.tables.clear()
+        self.now = (None, None, {})
+
+
+_plans = _PlanTable()
 _ARRAY_TYPES: dict[type, bool] = {}
 
 
@@ -286,8 +323,7 @@ def _signature_key(opdef: OpDef, args: Sequence[Any], kwargs: dict[str, Any]) ->
     array types, out=, capture); the caller treats an unhashable key (attrs) as no plan."""
     if capture_hook is not None:
         return None
-    # The settings name the default backend, so they key plans of calls with no arrays too.
-    parts: list[Any] = [id(opdef), config.get(), selector]
+    parts: list[Any] = [id(opdef)]
     for a in args:
         t = type(a)
         native = _ARRAY_TYPES.get(t)
@@ -387,8 +423,7 @@ def _remember(opdef: OpDef, site: tuple[Any, Sequence[Any], dict[str, Any]], b: 
         shape = dtype = None
     else:
         shape, dtype = result_meta.shape, result_meta.dtype
-    if len(_plans) > 4096:
-        _plans.clear()
+
     # A replay relocates the pointers of arrays: no operand may be a sequence of them.
     replays = kern.replays and not kern.allocates and not any(
         isinstance(x, tuple) for x in operands)

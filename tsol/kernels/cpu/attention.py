@@ -13,7 +13,10 @@ runs stop at the last key tile a tile's bottom query sees and mask only inside t
 tiles. Tasks interleave early and late query tiles (0, n-1, 1, n-2, ...) so that Numba's static
 split of the causal work between threads is even. Sums run in tile and lane order: results
 depend on the block sizes, never on the thread count. float16 and bfloat16 share one compiled
-"half" kernel (loads convert to float32 in the packing loops).
+"half" kernel (loads convert to float32 in the packing loops). An additive mask is added to each
+row of S (over its visible keys) before the row max; the kernels take it as a [B, H, S, Skv]
+broadcast view, or None, for which Numba compiles its branches out (the unmasked code stays as
+it was).
 
 rope: cos/sin tables, one row per element of ``positions`` (at most one per row of x), are
 computed in float64 by NumPy and kept in the compute type; one parallel pass over the rows of
@@ -36,8 +39,9 @@ from tsol.registry import Config, kernel
 
 TEMPLATE = '''
 @kernel_jit($JIT_OPTIONS)
-def attend_tile(q, k, v, out, b, h, hk, i0, bq, bk, scale, offset, causal, bf16):
-    """Rows i0:i0+bq of head h (kv head hk) of batch b: online softmax over key tiles."""
+def attend_tile(q, k, v, mask, out, b, h, hk, i0, bq, bk, scale, offset, causal, bf16):
+    """Rows i0:i0+bq of head h (kv head hk) of batch b: online softmax over key tiles.
+    ``mask``: None (its branches are compiled out) or the [B, H, S, Skv] additive mask."""
     s_len, d_len = q.shape[2], q.shape[3]
     skv, dv = k.shape[2], v.shape[3]
     ni = min(bq, s_len - i0)
@@ -78,6 +82,10 @@ def attend_tile(q, k, v, out, b, h, hk, i0, bq, bk, scale, offset, causal, bf16)
         # Masked and padding columns become -inf, so whole vectors reduce and exp gives 0.
         for i in range(ni):
             lim = nj if not causal else max(0, min(nj, i0 + i + offset - j0 + 1))
+            if mask is not None:
+                mrow = mask[b, h, i0 + i]
+                for j in range(lim):
+                    s[i, j] += $CT(mrow[j0 + j])
             for j in range(lim, njp):
                 s[i, j] = -np.inf
             mx = max(m[i], row_max(s, i, njp))
@@ -110,8 +118,9 @@ def attend_tile(q, k, v, out, b, h, hk, i0, bq, bk, scale, offset, causal, bf16)
 
 
 @kernel_jit(parallel=True, $JIT_OPTIONS)
-def flash_attention_fwd(q, k, v, out, scale, causal, bq, bk, bf16):
-    """out[b, h] = softmax(q[b, h] k[b, hk]^T * scale) v[b, hk] for every (b, h) in parallel."""
+def flash_attention_fwd(q, k, v, mask, out, scale, causal, bq, bk, bf16):
+    """out[b, h] = softmax(q[b, h] k[b, hk]^T * scale + mask[b, h]) v[b, hk] for every (b, h)
+    in parallel; ``mask`` None or [B, H, S, Skv] (a broadcast view)."""
     nb, nh, s_len = q.shape[0], q.shape[1], q.shape[2]
     group = nh // k.shape[1]
     nqb = (s_len + bq - 1) // bq
@@ -122,8 +131,8 @@ def flash_attention_fwd(q, k, v, out, scale, causal, bq, bk, bf16):
         qi = t // 2 if t % 2 == 0 else nqb - 1 - t // 2
         b = bh // nh
         h = bh - b * nh
-        attend_tile(q, k, v, out, b, h, h // group, qi * bq, bq, bk, scale, offset, causal,
-                    bf16)
+        attend_tile(q, k, v, mask, out, b, h, h // group, qi * bq, bq, bk, scale, offset,
+                    causal, bf16)
 
 
 @kernel_jit(parallel=True, $JIT_OPTIONS)
@@ -167,16 +176,21 @@ def _attention_heuristic(metas: Sequence[Any], attrs: dict[str, Any]) -> Config:
 
 @kernel("flash_attention", backend="cpu", dtypes=dtypes.FLOATS, configs=CONFIGS,
         heuristic=_attention_heuristic, alias_ok=False)
-def flash_attention_cpu(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, out: np.ndarray,
-                        config: Config, causal: bool, scale: float, block_q: int | None,
-                        block_k: int | None) -> None:
-    """Tiled flash attention; ``block_q``/``block_k`` override the config's tiles."""
+def flash_attention_cpu(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None,
+                        *, out: np.ndarray, config: Config, causal: bool, scale: float,
+                        block_q: int | None, block_k: int | None) -> None:
+    """Tiled flash attention; ``block_q``/``block_k`` override the config's tiles. A mask
+    reaches the kernel as a [B, H, S, Skv] broadcast view (no copy), half masks widened to
+    float32 in their own shape first."""
     if out.size == 0:
         return
     bq = block_q or config.block_q
     bk = block_k or config.block_k
+    if mask is not None:
+        wide = mask.astype(np.float32) if mask.dtype in dtypes.HALF else mask
+        mask = np.broadcast_to(wide, (*q.shape[:3], k.shape[2]))
     _kernels(q.dtype).flash_attention_fwd(storage_view(q), storage_view(k), storage_view(v),
-                                          storage_view(out), scale, causal, bq, bk,
+                                          mask, storage_view(out), scale, causal, bq, bk,
                                           q.dtype == dtypes.bfloat16)
 
 

@@ -21,6 +21,13 @@ ldmatrix. The V tile streams in while S is computed, the next K tile while P V i
 are padded by 16 bytes against bank conflicts. The heuristic picks it whenever the dtype and
 head dims allow (and no explicit tiles are asked); the SIMT kernel covers everything else.
 
+An additive mask (any float dtype, broadcastable to [B, H, S, Skv]) reaches either kernel as a
+[B, H, S, Skv] broadcast view (zero strides, no copy) and selects its masked variant, generated
+apart so that the unmasked kernels' code is unchanged: per key tile each thread adds the mask
+entries of the scores it holds (SIMT: lane ``l``'s keys, consecutive across the warp; tensor
+cores: the accumulator fragment's pairs of adjacent keys, in base 2 like the scores), before the
+row max. Every mask element a block needs is read once, straight from global memory.
+
 rope: first a small kernel fills the cos/sin table of the ``period`` distinct row positions x
 D/2 pairs: angles ``pos * inv_freq[i]`` in float64 (``inv_freq`` a small cached table, NumPy's
 float64 powers), reduced to [-pi, pi] in float64, then cos/sin in float32 (the
@@ -89,13 +96,19 @@ def nanmax(a, b):
 '''
 
 
-def _simt_kernel(dt: np.dtype, d: int, dv: int, W: int, R: int, KPL: int) -> gpu.Kernel:
-    """The SIMT kernel for head dims ``d``/``dv``: W warps, R rows a warp, 32 * KPL keys a tile."""
-    key = ("simt", dt.str, d, dv, W, R, KPL)
+def _mask_tag(mdt: np.dtype | None) -> str:
+    return "" if mdt is None else f"_mask_{_tag(mdt)}"
+
+
+def _simt_kernel(dt: np.dtype, d: int, dv: int, W: int, R: int, KPL: int,
+                 mdt: np.dtype | None = None) -> gpu.Kernel:
+    """The SIMT kernel for head dims ``d``/``dv``: W warps, R rows a warp, 32 * KPL keys a tile;
+    ``mdt``: the dtype of an additive [B, H, S, Skv] mask, None for the kernel without one."""
+    key = ("simt", dt.str, d, dv, W, R, KPL, None if mdt is None else mdt.str)
     if key in _kernels:
         return _kernels[key]
     acc = _acc(dt)
-    name = f"flash_attention_simt_{_tag(dt)}_d{d}_v{dv}_w{W}_r{R}_k{KPL}"
+    name = f"flash_attention_simt_{_tag(dt)}_d{d}_v{dv}_w{W}_r{R}_k{KPL}{_mask_tag(mdt)}"
     BQ, BK, NT = W * R, 32 * KPL, 32 * W
     DT = gpu.cdiv(max(dv, 1), 32)
     DVP, KS = 32 * DT, d + 1
@@ -116,6 +129,8 @@ def _simt_kernel(dt: np.dtype, d: int, dv: int, W: int, R: int, KPL: int) -> gpu
     for r in rows:
         body += [f"row{r} = warp * {R} + {r}", f"lim{r} = i0 + row{r} + offset",
                  f"m{r} = LOW", f"l{r} = A(0)"] + [f"a{r}_{t} = A(0)" for t in cols]
+        if mdt is not None:          # rows past the end read the last row's mask, unused
+            body.append(f"mr{r} = min(i0 + row{r}, s_len - 1)")
     body += ["j0 = 0", "while j0 < kend:", "    gpu.syncthreads()"]
     loop = [f"for e in range(tid, {BK * d}, {NT}):",
             f"    j = e // {d}", f"    c = e - j * {d}", "    val = A(0)",
@@ -133,6 +148,10 @@ def _simt_kernel(dt: np.dtype, d: int, dv: int, W: int, R: int, KPL: int) -> gpu
         loop += [f"    s{r}_{c} += q{r} * k{c}" for c in keys]
     for c in keys:
         loop += [f"jj{c} = j0 + {c * 32} + lane", f"ok{c} = jj{c} < skv"]
+    if mdt is not None:              # keys past the end read the last key's mask, then LOW
+        loop += [f"mj{c} = min(jj{c}, skv - 1)" for c in keys]
+        loop += [f"s{r}_{c} += {_load(f'mask[b, h, mr{r}, mj{c}]', mdt)}"
+                 for r in rows for c in keys]
     for r in rows:
         for c in keys:
             loop += [f"if not ok{c} or (causal and jj{c} > lim{r}):", f"    s{r}_{c} = LOW"]
@@ -166,7 +185,8 @@ def _simt_kernel(dt: np.dtype, d: int, dv: int, W: int, R: int, KPL: int) -> gpu
             body += [f"    if {t * 32} + lane < {dv}:",
                      f"        out[b, h, qi, {t * 32} + lane] = "
                      f"{red.store_expr(f'a{r}_{t} * inv', dt)}"]
-    source = (_NANMAX + f"\n\ndef {name}(q, k, v, out, scale, causal, group, offset):\n"
+    params = "q, k, v, out" if mdt is None else "q, k, v, mask, out"
+    source = (_NANMAX + f"\n\ndef {name}({params}, scale, causal, group, offset):\n"
               + red.indent(body, 4) + "\n")
     # The simulator sizes dynamic shared memory by ``dtype.itemsize``: it needs a dtype object.
     ns = dict(red.namespace(acc), SDT=acc if gpu.SIMULATOR else acc.type)
@@ -198,16 +218,27 @@ def _simt_tiles(config: Config, dt: np.dtype, d: int, dv: int, block_q: int | No
     return W, R, KPL
 
 
-def flash_attention_simt(q: Any, k: Any, v: Any, out: Any, config: Config, causal: bool,
-                         scale: float, block_q: int | None, block_k: int | None) -> None:
-    """Run the SIMT kernel on [B, H, S, D] operands into ``out`` (size > 0)."""
+def _mask_view(mask: Any, q: Any, k: Any) -> Any:
+    """The mask as the kernels read it: a [B, H, S, Skv] broadcast view (no copy)."""
+    shape = (*q.shape[:3], k.shape[2])
+    return gpu.array_module().broadcast_to(gpu.kernel_view(mask), shape)
+
+
+def flash_attention_simt(q: Any, k: Any, v: Any, mask: Any, out: Any, config: Config,
+                         causal: bool, scale: float, block_q: int | None, block_k: int | None
+                         ) -> None:
+    """Run the SIMT kernel on [B, H, S, D] operands (``mask`` None or broadcastable to the
+    scores) into ``out`` (size > 0)."""
     dt = np.dtype(q.dtype)
     b, h, s, d = q.shape
     dv = v.shape[3]
     W, R, KPL = _simt_tiles(config, dt, d, dv, block_q, block_k)
-    kern = _simt_kernel(dt, d, dv, W, R, KPL)
+    mdt = None if mask is None else np.dtype(mask.dtype)
+    kern = _simt_kernel(dt, d, dv, W, R, KPL, mdt)
     shared = simt_shared_bytes(dt, d, dv, W, R, KPL)
     args = [gpu.kernel_view(a) for a in (q, k, v, out)]
+    if mask is not None:
+        args.insert(3, _mask_view(mask, q, k))
     args += [float(scale), bool(causal), h // max(k.shape[1], 1), k.shape[2] - s]
     _launch(kern, (b * h, gpu.cdiv(s, W * R)), 32 * W, args, shared)
 
@@ -260,16 +291,17 @@ else:
         return _pack_f16(lo, hi)
 
 
-def _tc_kernel(dt: np.dtype, d: int, dv: int) -> gpu.Kernel:
-    """The tensor-core kernel for float16/bfloat16 with ``d``, ``dv`` multiples of 16."""
-    key = ("tc", dt.str, d, dv)
+def _tc_kernel(dt: np.dtype, d: int, dv: int, mdt: np.dtype | None = None) -> gpu.Kernel:
+    """The tensor-core kernel for float16/bfloat16 with ``d``, ``dv`` multiples of 16; ``mdt``:
+    the dtype of an additive [B, H, S, Skv] mask, None for the kernel without one."""
+    key = ("tc", dt.str, d, dv, None if mdt is None else mdt.str)
     if key in _kernels:
         return _kernels[key]
     from tsol.kernels.cuda import tensorcore as tc
 
     bf16 = dt == dtypes.bfloat16
     mma, pack = ("tc.mma_bf16", "pack_bf16x2") if bf16 else ("tc.mma_f16", "pack_f16x2")
-    name = f"flash_attention_tc_{_tag(dt)}_d{d}_v{dv}"
+    name = f"flash_attention_tc_{_tag(dt)}_d{d}_v{dv}{_mask_tag(mdt)}"
     BQ, BK, NT = TC_ROWS, TC_KEYS, 32 * TC_WARPS
     QS, VS = d + TC_PAD, dv + TC_PAD
     OK, OV = BQ * QS, BQ * QS + BK * QS
@@ -306,6 +338,9 @@ def _tc_kernel(dt: np.dtype, d: int, dv: int) -> gpu.Kernel:
                     f" + {kk * 16} + ((lane >> 4) << 3), scratch)")
     body += ["m0 = LOW", "m1 = LOW", "l0 = A(0)", "l1 = A(0)",
              "row0 = i0 + warp * 16 + g", "lim0 = row0 + offset", "lim1 = lim0 + 8"]
+    if mdt is not None:              # rows past the end read the last row's mask, unused
+        body += ["mr0 = min(row0, s_len - 1)", "mr1 = min(row0 + 8, s_len - 1)",
+                 "mlast = skv - 1"]
     body += [f"o{n}_{e} = A(0)" for n in range(NO) for e in range(4)]
     loop = ["tc.cp_async_wait(0)", "gpu.syncthreads()",
             *copy_tile(OV, VS, dv, "v", "j0", "kvb", "skv"), "tc.cp_async_commit()"]
@@ -319,6 +354,15 @@ def _tc_kernel(dt: np.dtype, d: int, dv: int) -> gpu.Kernel:
                 loop.append(f"{quad(f's{n}')} = {mma}({quad(f's{n}')}, {quad(f'qf{kk}')}, "
                             f"{regs}, scratch)")
     loop += [f"s{n}_{e} *= sc2" for n in range(NB) for e in range(4)]
+    if mdt is not None:
+        # The scores are in base 2 (exp2 below): the mask is too. Each (row, key) of the tile
+        # is one lane's, so every mask element is read once; keys past the end read the last
+        # key's mask, then become LOW.
+        loop.append("mc = j0 + 2 * t")
+        for n in range(NB):
+            for e in range(4):
+                at = f"mask[b, h, mr{e >> 1}, min(mc + {n * 8 + (e & 1)}, mlast)]"
+                loop.append(f"s{n}_{e} += {_load(at, mdt)} * LOG2E")
     # Masks only where the tile crosses the sequence end or the warp's causal diagonal.
     loop += [f"if j0 + {BK} > skv or (causal and j0 + {BK - 1} > i0 + warp * 16 + offset):"]
     for n in range(NB):
@@ -367,10 +411,12 @@ def _tc_kernel(dt: np.dtype, d: int, dv: int) -> gpu.Kernel:
             for e in (0, 1):
                 body.append(f"    out[ob + {n * 8 + e}] = "
                             f"{red.store_expr(f'o{n}_{2 * half + e} * inv', dt)}")
-    source = (_NANMAX + f"\n\ndef {name}(q, k, v, out, scale2, causal, group, offset, nh, "
+    params = "q, k, v, out" if mdt is None else "q, k, v, mask, out"
+    source = (_NANMAX + f"\n\ndef {name}({params}, scale2, causal, group, offset, nh, "
               "s_len, skv):\n" + red.indent(body, 4) + "\n")
     ns = dict(red.namespace(np.dtype(np.float32)), tc=tc, exp2_=exp2_, pack_bf16x2=pack_bf16x2,
-              pack_f16x2=pack_f16x2, SDT=np.dtype(np.uint16) if gpu.SIMULATOR else np.uint16)
+              pack_f16x2=pack_f16x2, SDT=np.dtype(np.uint16) if gpu.SIMULATOR else np.uint16,
+              LOG2E=np.float32(math.log2(math.e)))
     k = _kernels[key] = red.build(name, source, ns, __name__)
     return k
 
@@ -393,9 +439,10 @@ def _address(a: Any) -> int:
     return a.ctypes.data if gpu.HOST_ARRAYS else a.data.ptr
 
 
-def flash_attention_tc(q: Any, k: Any, v: Any, out: Any, causal: bool, scale: float) -> bool:
+def flash_attention_tc(q: Any, k: Any, v: Any, mask: Any, out: Any, causal: bool,
+                       scale: float) -> bool:
     """Run the tensor-core kernel (False, running nothing, when an operand is not 16-byte
-    aligned once contiguous)."""
+    aligned once contiguous); ``mask`` None or broadcastable to the scores."""
     xp = gpu.array_module()
     ops = [xp.ascontiguousarray(a).view(np.uint16) for a in (q, k, v)]
     if any(_address(a) % 16 for a in ops):          # cp.async copies 16-byte chunks
@@ -403,10 +450,14 @@ def flash_attention_tc(q: Any, k: Any, v: Any, out: Any, causal: bool, scale: fl
     b, h, s, d = q.shape
     dv = v.shape[3]
     args = [a.reshape(-1) for a in ops] + [gpu.kernel_view(out).reshape(-1)]
+    mdt = None
+    if mask is not None:
+        mdt = np.dtype(mask.dtype)
+        args.insert(3, _mask_view(mask, q, k))
     args += [float(scale) * math.log2(math.e), bool(causal), h // k.shape[1], k.shape[2] - s,
              h, s, k.shape[2]]
-    _launch(_tc_kernel(np.dtype(q.dtype), d, dv), (b * h, gpu.cdiv(s, TC_ROWS)), 32 * TC_WARPS,
-            args, tc_shared_bytes(d, dv))
+    _launch(_tc_kernel(np.dtype(q.dtype), d, dv, mdt), (b * h, gpu.cdiv(s, TC_ROWS)),
+            32 * TC_WARPS, args, tc_shared_bytes(d, dv))
     return True
 
 
@@ -441,20 +492,23 @@ def _attention_heuristic(metas: Sequence[Any], attrs: dict[str, Any]) -> Config:
 @kernel("flash_attention", backend="cuda", dtypes=dtypes.FLOATS,
         configs=[TC_CONFIG, *SIMT_CONFIGS],
         supports=_attention_supports, heuristic=_attention_heuristic, alias_ok=False)
-def flash_attention_cuda(q: Any, k: Any, v: Any, *, out: Any, config: Config, causal: bool,
-                         scale: float, block_q: int | None, block_k: int | None) -> None:
+def flash_attention_cuda(q: Any, k: Any, v: Any, mask: Any, *, out: Any, config: Config,
+                         causal: bool, scale: float, block_q: int | None, block_k: int | None
+                         ) -> None:
     """Flash attention forward, head dims up to 256. The tensor-core config runs float16 and
     bfloat16 with head dims multiples of 16 up to 128 (its tiles are fixed); everything else
     runs a SIMT config, whose query rows and key tile ``block_q``/``block_k`` override (rows
-    rounded up to a multiple of the warps, keys to a multiple of 32, at most 128)."""
+    rounded up to a multiple of the warps, keys to a multiple of 32, at most 128). A mask (any
+    float dtype, broadcast to [B, H, S, Skv] without a copy) selects each kernel's masked
+    variant, generated apart so the unmasked kernels stay as they are."""
     if out.size == 0:
         return
     if config.path == "tc" and q.shape[1] and tc_eligible(q.dtype, q.shape[3], v.shape[3]):
-        if flash_attention_tc(q, k, v, out, causal, scale):
+        if flash_attention_tc(q, k, v, mask, out, causal, scale):
             return
     if config.path == "tc":
         config = SIM_SIMT if gpu.SIMULATOR else SIMT_CONFIGS[0]
-    flash_attention_simt(q, k, v, out, config, causal, scale, block_q, block_k)
+    flash_attention_simt(q, k, v, mask, out, config, causal, scale, block_q, block_k)
 
 
 # --- rope ---------------------------------------------------------------------------------

@@ -191,7 +191,7 @@ def _kernel_for(op: str, cls: str, in_dts: Sequence[np.dtype], out_dt: np.dtype,
     exec(compile(source, f"<tsol.kernels.cuda.elementwise:{name}>", "exec"), namespace)
     fn = namespace[name]
     fn.__module__ = __name__
-    k = _cache[key] = gpu.kernel(fn)
+    k = _cache[key] = gpu.kernel(fn, source=source)
     return k
 
 

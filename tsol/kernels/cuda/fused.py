@@ -148,7 +148,7 @@ def _kernel_for(program: Program, plan: ProgramPlan, in_dts: Sequence[np.dtype],
     fn.__module__ = __name__
     if len(GENERATED) > 1024:
         GENERATED.clear()
-    k = GENERATED[key] = gpu.kernel(fn)
+    k = GENERATED[key] = gpu.kernel(fn, source=header + text)
     return k
 
 

@@ -178,11 +178,26 @@ def _softmax_source(name: str, plan: ProgramPlan, used: Sequence[int], modes: st
     return _DEVICE + f"\n\ndef {name}({params}):\n" + red.indent(lines, 4) + "\n"
 
 
+if gpu.SIMULATOR:
+    _ROUNDED = {name: (lambda a, b: a + b) if "add" in name else (lambda a, b: a - b)
+                for name in ("fadd_rn", "fsub_rn", "dadd_rn")}
+else:
+    _ROUNDED = {name: getattr(gpu.libdevice, name) for name in ("fadd_rn", "fsub_rn", "dadd_rn")}
+"""Adds and subtracts rounded on their own: the compiler cannot contract them with the multiply
+that computed an operand into one fused multiply-add."""
+
+
 def _norm_source(name: str, plan: ProgramPlan, used: Sequence[int], modes: str, rms: bool,
                  out_dt: Any, T: int, B: int, ep: Epilogue) -> str:
     vdt = plan.steps[plan.output].dtype
     acc = compute_class(accumulator(vdt))
     accs = [accumulator(vdt)]
+    # Every pass recomputes the value v; the passes of layernorm first use it in a rounded add
+    # or subtract, so that v is rounded alike in each: a constant row gives exactly
+    # v - hi - lo = 0 (a contraction into an fma in one pass and not another would not, and
+    # with a zero variance rstd is 1 / sqrt(eps)).
+    f64 = accs[0] == np.float64
+    add, centred = ("dadd_rn", "dadd_rn(v, -hi)") if f64 else ("fadd_rn", "fsub_rn(v, hi)")
     prelude, body = _value(plan, used, modes, acc)
     if rms:
         alloc, tree = red.rows_reduce(["s2"], accs, "merge_sum", T, B, "a")
@@ -194,14 +209,15 @@ def _norm_source(name: str, plan: ProgramPlan, used: Sequence[int], modes: str, 
         alloc_a, tree_a = red.rows_reduce(["s"], accs, "merge_sum", T, B, "a")
         alloc_b, tree_b = red.rows_reduce(["d1", "d2"], accs * 2, "merge_sum2", T, B, "b")
         lines = [*_rows_head(T, B), *alloc_a, *alloc_b, "s = A(0)"]
-        lines += _loop(prelude, body, ["s += v"], "t", "n", T)
+        lines += _loop(prelude, body, [f"s = {add}(s, v)"], "t", "n", T)
         lines += tree_a + ["hi = s / A(n)", "d1 = A(0)", "d2 = A(0)"]
-        lines += _loop(prelude, body, ["d = v - hi", "d1 += d", "d2 += d * d"], "t", "n", T)
+        lines += _loop(prelude, body, [f"d = {centred}", "d1 += d", "d2 += d * d"], "t",
+                       "n", T)
         # sum((d - lo)^2) = sum(d^2) - sum(d) * lo, with lo = sum(d) / n.
         lines += tree_b + ["lo = d1 / A(n)", "var = (d2 - d1 * lo) / A(n)",
                            "var = var if var > A(0) else A(0)",
                            "rstd = A(1.0 / sqrt_(np.float64(var) + eps))"]
-        value = "((v - hi) - lo) * rstd"
+        value = f"({centred} - lo) * rstd"
     pre, store = ep.source(value, "out[row * n + j]", out_dt)
     lines += _loop(prelude + pre, body, store, "t", "n", T)
     params = "".join(f"a{i}, q{i}, s{i}, " for i in used) + ep.params() + "rows, n, eps, out"
@@ -224,7 +240,7 @@ epilogue)."""
 def _build(key: tuple[Any, ...], text: str, header: str, acc: np.dtype, B: int) -> gpu.Kernel:
     # The name carries a hash of the source: it keys the on-disk cubin cache.
     name = "fused_reduction_" + hashlib.sha256(text.encode()).hexdigest()[:16]
-    ns = {**NAMESPACE, **red.namespace(acc)}
+    ns = {**NAMESPACE, **red.namespace(acc), **_ROUNDED}
     if len(GENERATED) > 1024:
         GENERATED.clear()
     k = GENERATED[key] = red.build(name, header + text.replace("KERNEL", name, 1), ns,

@@ -42,6 +42,10 @@ COMPILE_ONLY = not SIMULATOR and os.environ.get("TSOL_CUDA_COMPILE_ONLY", "0") n
 """True in compile-only mode (``TSOL_CUDA_COMPILE_ONLY=1``, no GPU needed): ``launch`` compiles
 each new signature to PTX for sm_90 and runs nothing; arrays are NumPy arrays. CI uses it to check
 that every kernel signature the tests reach compiles for the H100."""
+PREBUILD = COMPILE_ONLY and os.environ.get("TSOL_CUDA_COMPILE_ONLY") == "cubin"
+"""``TSOL_CUDA_COMPILE_ONLY=cubin``: compile-only mode that also links each new signature to an
+sm_90 cubin in the cache directory, under the key a GPU run looks up, so a cache built on a
+machine without a GPU (``bench/gpu_prebuild.py``) spares the GPU machine its compiling."""
 HOST_ARRAYS = SIMULATOR or COMPILE_ONLY
 PTX_CC = (9, 0)
 
@@ -221,8 +225,9 @@ warp_max = _warp_reduce(lambda a, b: a if a > b or b != b else b)
 
 # --- kernels and launching ------------------------------------------------------------------------
 @functools.lru_cache(maxsize=None)
-def sources_stamp() -> str:
-    """Hash of the GPU kernel sources (Python and linked CUDA) and the toolchain versions."""
+def _toolchain_stamp() -> str:
+    """TSOL's version, numba's (major.minor: its patch releases generate the same CUDA code),
+    numba-cuda's, and every linked CUDA source."""
     import numba
 
     from tsol import __version__
@@ -231,12 +236,77 @@ def sources_stamp() -> str:
         ncuda = version("numba-cuda")
     except Exception:  # noqa: BLE001 - an uninstalled distribution only weakens the key
         ncuda = "?"
-    h = hashlib.sha256(f"{__version__}|{numba.__version__}|{ncuda}".encode())
+    numba_minor = ".".join(numba.__version__.split(".")[:2])
+    h = hashlib.sha256(f"{__version__}|{numba_minor}|{ncuda}".encode())
     for path in sorted(KERNEL_DIR.rglob("*")):
-        if path.suffix in (".py", ".cu", ".cuh"):
+        if path.suffix in (".cu", ".cuh"):
             h.update(path.name.encode())
             h.update(path.read_bytes())
-    return h.hexdigest()[:16]
+    return h.hexdigest()
+
+
+_PACKAGE = __name__.rsplit(".", 1)[0]
+
+
+def _code_sources(fn: Callable[..., Any]) -> tuple[frozenset[str], tuple[str, ...]]:
+    """What the code of ``fn`` depends on besides its own text: the kernel-package modules of
+    the globals its code names (modules such as ``gpu``, and those defining the device functions
+    it calls, followed through their code) and the values of the plain constants it names."""
+    import types as pytypes
+
+    modules: set[str] = set()
+    values: list[str] = []
+    seen: set[int] = set()
+    stack: list[Any] = [fn]
+    while stack:
+        f = stack.pop()
+        f = getattr(f, "py_func", f)                    # a Numba device function
+        if id(f) in seen or not hasattr(f, "__code__"):
+            continue
+        seen.add(id(f))
+        if f is not fn and str(f.__module__).startswith(_PACKAGE + "."):
+            modules.add(f.__module__)
+        codes, names = [f.__code__], set()
+        while codes:
+            code = codes.pop()
+            names.update(code.co_names)
+            codes += [c for c in code.co_consts if hasattr(c, "co_code")]
+        for name in sorted(names):
+            v = f.__globals__.get(name)
+            if isinstance(v, pytypes.ModuleType):
+                if v.__name__.startswith(_PACKAGE + "."):
+                    modules.add(v.__name__)
+            elif isinstance(v, (int, float, bool, str, tuple)):
+                values.append(f"{name}={v!r}")
+            elif callable(v):
+                stack.append(v)
+    return frozenset(modules), tuple(values)
+
+
+@functools.lru_cache(maxsize=None)
+def _modules_stamp(modules: frozenset[str]) -> str:
+    import sys
+    h = hashlib.sha256(_toolchain_stamp().encode())
+    for name in sorted(modules):
+        h.update(name.encode())
+        h.update(Path(sys.modules[name].__file__).read_bytes())
+    return h.hexdigest()
+
+
+def sources_stamp(kern: Kernel) -> str:
+    """Hash of what ``kern``'s code comes from: its generated source text (else its module's
+    file), the sources of the kernel-package modules its code calls into, the constants it
+    names, the linked CUDA sources and the toolchain versions. Editing host code, or a kernel
+    generator in a way that leaves a kernel's text alone, keeps its cached cubin valid."""
+    if kern._stamp is None:
+        import sys
+        modules, values = _code_sources(kern.fn)
+        text = kern.source
+        if text is None:
+            text = Path(sys.modules[kern.fn.__module__].__file__).read_text()
+        kern._stamp = hashlib.sha256(
+            f"{_modules_stamp(modules)}|{values}|{text}".encode()).hexdigest()[:16]
+    return kern._stamp
 
 
 class Kernel:
@@ -247,8 +317,11 @@ class Kernel:
     """
 
     def __init__(self, fn: Callable[..., Any], link: Sequence[str] = (),
-                 fastmath: bool = False, max_registers: int | None = None) -> None:
+                 fastmath: bool = False, max_registers: int | None = None,
+                 source: str | None = None) -> None:
         self.fn = fn
+        self.source = source
+        self._stamp: str | None = None
         self.name = f"{fn.__module__.rsplit('.', 1)[-1]}.{fn.__name__}"
         self.link = [str(KERNEL_DIR / p) for p in link]
         self.fastmath = fastmath
@@ -283,11 +356,13 @@ class Kernel:
 
 
 def kernel(fn: Callable[..., Any] | None = None, *, link: Sequence[str] = (),
-           fastmath: bool = False, max_registers: int | None = None) -> Any:
-    """Decorator: a GPU kernel (``@gpu.kernel`` or ``@gpu.kernel(link=["mma.cu"])``)."""
+           fastmath: bool = False, max_registers: int | None = None,
+           source: str | None = None) -> Any:
+    """Decorator: a GPU kernel (``@gpu.kernel`` or ``@gpu.kernel(link=["mma.cu"])``);
+    ``source``: the text a generated kernel was compiled from (it keys the cubin cache)."""
     if fn is None:
-        return lambda f: Kernel(f, link, fastmath, max_registers)
-    return Kernel(fn, link, fastmath, max_registers)
+        return lambda f: Kernel(f, link, fastmath, max_registers, source)
+    return Kernel(fn, link, fastmath, max_registers, source)
 
 
 _SCALARS = {bool: types.boolean, int: types.int64, float: types.float64,
@@ -316,6 +391,55 @@ def _cache_dir(cc: tuple[int, int]) -> Path:
     return Path(config.get().cache_dir) / "cuda" / f"sm{cc[0]}{cc[1]}"
 
 
+def cached_cubin(kern: Kernel, key: tuple[Any, ...], cc: tuple[int, int],
+                 rebuild: bool = False) -> tuple[str, bytes]:
+    """The entry name and cubin of ``kern`` for the signature ``key`` at ``cc``: from the disk
+    cache (keyed by ``sources_stamp``, the kernel's constants, the signature, ``cc`` and the
+    compile options), else compiled, linked and stored there (atomically)."""
+    digest = hashlib.sha256(repr((sources_stamp(kern), kern.name, kern.constants(), key, cc,
+                                  kern.fastmath, kern.max_registers)).encode()).hexdigest()
+    folder = _cache_dir(cc)
+    stem = f"{kern.name.replace('.', '_')}-{digest[:20]}"
+    meta_path, cubin_path = folder / f"{stem}.json", folder / f"{stem}.cubin"
+    if not rebuild and meta_path.exists() and cubin_path.exists():
+        return json.loads(meta_path.read_text())["entry"], cubin_path.read_bytes()
+    entry, cubin = _link(kern, key, cc)
+    folder.mkdir(parents=True, exist_ok=True)
+    for path, data in ((cubin_path, cubin), (meta_path, json.dumps({"entry": entry}).encode())):
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    return entry, cubin
+
+
+_TARGET_LOCK = threading.Lock()
+
+
+def _link(kern: Kernel, key: tuple[Any, ...], cc: tuple[int, int]) -> tuple[str, bytes]:
+    """Compile ``kern`` for ``key`` as Numba's dispatcher would (its options, its linked files)
+    and link it to a cubin for ``cc``, without loading it. Without a GPU (``PREBUILD``) Numba is
+    told the target ``cc`` in place of the current device's."""
+    from numba.cuda import codegen as ncodegen
+    from numba.cuda import dispatcher as ndispatcher
+
+    disp = kern.dispatcher()
+    argtypes = tuple(numba_type(k) for k in key)
+    with _TARGET_LOCK:
+        saved = ndispatcher.get_current_device, ncodegen.CUDACodeLibrary._ensure_cc
+        if PREBUILD:
+            ndispatcher.get_current_device = lambda: type("Target", (), {"compute_capability": cc})
+            ncodegen.CUDACodeLibrary._ensure_cc = lambda self, c: cc if c is None else c
+        try:
+            compiled = ndispatcher._Kernel(disp.py_func, argtypes, **disp.targetoptions)
+            cubin = compiled._codelibrary.get_cubin(cc=cc)
+        finally:
+            ndispatcher.get_current_device, ncodegen.CUDACodeLibrary._ensure_cc = saved
+    if not isinstance(cubin, (bytes, bytearray)):     # cuda.core ObjectCode
+        cubin = cubin.code
+    return compiled.entry_name, bytes(cubin)
+
+
 class _Launcher:
     """One compiled signature: a CUfunction and the packing of arguments into Numba's ABI."""
 
@@ -327,29 +451,13 @@ class _Launcher:
         cc = tuple(int(c) for c in dev.compute_capability)
         cc = (cc[0], cc[1]) if len(cc) == 2 else (int(dev.compute_capability[:-1]),
                                                     int(dev.compute_capability[-1]))
-        digest = hashlib.sha256(repr((sources_stamp(), kern.name, kern.constants(), key, cc,
-                                      kern.fastmath, kern.max_registers)).encode()).hexdigest()
-        folder = _cache_dir(cc)
-        stem = f"{kern.name.replace('.', '_')}-{digest[:20]}"
-        meta_path, cubin_path = folder / f"{stem}.json", folder / f"{stem}.cubin"
-        if meta_path.exists() and cubin_path.exists():
-            entry = json.loads(meta_path.read_text())["entry"]
-            cubin = cubin_path.read_bytes()
-        else:
-            argtypes = tuple(numba_type(k) for k in key)
-            compiled = kern.dispatcher().compile(argtypes)
-            entry = compiled.entry_name
-            cubin = compiled._codelibrary.get_cubin(cc=cc)
-            if not isinstance(cubin, (bytes, bytearray)):     # cuda.core ObjectCode
-                cubin = cubin.code
-            folder.mkdir(parents=True, exist_ok=True)
-            for path, data in ((cubin_path, bytes(cubin)),
-                               (meta_path, json.dumps({"entry": entry}).encode())):
-                fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, path)
-        self.module = self.driver.moduleLoadData(bytes(cubin))
+        entry, cubin = cached_cubin(kern, key, cc)
+        try:
+            self.module = self.driver.moduleLoadData(cubin)
+        except self.driver.CUDADriverError:
+            # A cached cubin this driver refuses (one built by a newer linker elsewhere).
+            entry, cubin = cached_cubin(kern, key, cc, rebuild=True)
+            self.module = self.driver.moduleLoadData(cubin)
         self.func = self.driver.moduleGetFunction(self.module, entry)
         self.shared_limit = 48 * 1024
         # Argument slots: 8 bytes each (Numba passes every array field and scalar as one slot).
@@ -504,7 +612,10 @@ def _compile_checked(kern: Kernel, key: tuple[Any, ...]) -> None:
     """Compile-only mode: compile ``kern`` for ``key`` to PTX, once per kernel code, signature
     and toolchain. A marker file under the cache directory records each success, so a later
     run (CI on an unchanged tree) skips what compiled before; edits change the key."""
-    digest = hashlib.sha256(repr((sources_stamp(), kern.name, kern.constants(), key, PTX_CC,
+    if PREBUILD:
+        cached_cubin(kern, key, PTX_CC)
+        return
+    digest = hashlib.sha256(repr((sources_stamp(kern), kern.name, kern.constants(), key, PTX_CC,
                                   kern.fastmath, _code_text(kern.fn.__code__))).encode())
     marker = _cache_dir(PTX_CC).parent / "ptx-checked" / digest.hexdigest()[:32]
     if marker.exists():

@@ -9,8 +9,10 @@ blocks loop over batches past 65535.
 
 - ``simt`` (every dtype pair; float64 computes in float64, the rest in float32): a ``bm x bn``
   block tile of ``(bm / tm) * (bn / tn)`` threads, each accumulating a ``tm x tn`` micro-tile
-  in registers over ``bk``-deep K steps. Thread ``(ty, tx)`` owns rows ``ty + i * bm / tm`` and
-  columns ``tx + j * bn / tn`` (conflict-free shared reads, coalesced stores). Two shared
+  in registers over ``bk``-deep K steps. With ``tm`` a multiple of 4, thread ``(ty, tx)`` owns
+  quads of rows ``4 * ty + q * bm / (tm / 4) + (0..3)`` (else rows ``ty + i * bm / tm``), and
+  the same for columns: each quad is one 16-byte shared read (``ld.shared.v4``, shared tiles
+  16-byte aligned), and a warp's quads cover consecutive banks. Two shared
   stages: tile ``k + 1`` is loaded into registers before tile ``k`` is computed and stored to
   the other stage afterwards, one barrier per step. Global loads run along the operand's
   contiguous axis.
@@ -195,9 +197,14 @@ def simt_source(name: str, cfg: dict[str, int], a_dt: np.dtype, b_dt: np.dtype,
     RT, CT = BM // TM, BN // TN
     T = RT * CT
     LA, LB = gpu.cdiv(BM * BK, T), gpu.cdiv(BK * BN, T)
+    # Micro-tile row i of a thread: quads (4 consecutive rows, one vector read) when tm allows.
+    qm, qn = (4 if TM % 4 == 0 else 1), (4 if TN % 4 == 0 else 1)
+    row = [(i // qm) * RT * qm + i % qm for i in range(TM)]
+    col = [(j // qn) * CT * qn + j % qn for j in range(TN)]
+    align = "" if gpu.SIMULATOR else ", 16"            # (the simulator takes no alignment)
     L = [f"def {name}({PARAMS}):",
-         f"    As = gpu.shared_array({2 * BK * BM}, F)",
-         f"    Bs = gpu.shared_array({2 * BK * BN}, F)",
+         f"    As = gpu.shared_array({2 * BK * BM}, F{align})",
+         f"    Bs = gpu.shared_array({2 * BK * BN}, F{align})",
          "    tid = gpu.threadIdx.x",
          f"    tx = tid % {CT}",
          f"    ty = tid // {CT}",
@@ -254,16 +261,17 @@ def simt_source(name: str, cfg: dict[str, int], a_dt: np.dtype, b_dt: np.dtype,
           f"{ind}        k1 = (t + 1) * {BK}"]
     L += ["    " * 2 + ln for ln in loads("k1")]
     L += [f"{ind}    for kk in range({BK}):",
-          f"{ind}        ka = s * {BK * BM} + kk * {BM} + ty",
-          f"{ind}        kb = s * {BK * BN} + kk * {BN} + tx"]
-    L += [f"{ind}        x{i} = As[ka + {i * RT}]" for i in range(TM)]
-    L += [f"{ind}        y{j} = Bs[kb + {j * CT}]" for j in range(TN)]
+          f"{ind}        ka = np.uint32(s * {BK * BM} + kk * {BM} + ty * {qm})",
+          f"{ind}        kb = np.uint32(s * {BK * BN} + kk * {BN} + tx * {qn})"]
+    # Unsigned 64-bit sums of a 32-bit base (no wraparound) let NVVM merge a quad's reads.
+    L += [f"{ind}        x{i} = As[ka + np.uint32({row[i]})]" for i in range(TM)]
+    L += [f"{ind}        y{j} = Bs[kb + np.uint32({col[j]})]" for j in range(TN)]
     L += [f"{ind}        acc{i}_{j} += x{i} * y{j}" for i in range(TM) for j in range(TN)]
     L += [f"{ind}    if more:"] + stores("(1 - s)", ind + "        ")
     L += [f"{ind}    gpu.syncthreads()"]
     for i in range(TM):
         for j in range(TN):
-            L += _epilogue(ind, f"(m0 + ty + {i * RT})", f"(n0 + tx + {j * CT})",
+            L += _epilogue(ind, f"(m0 + ty * {qm} + {row[i]})", f"(n0 + tx * {qn} + {col[j]})",
                            f"acc{i}_{j}", spec)
     L.append(f"{ind}bz += gpu.gridDim.z")
     return cheap_index_math("\n".join(L) + "\n")
@@ -284,8 +292,8 @@ def cheap_index_math(src: str) -> str:
     # A left operand that is a name or one parenthesized group, not itself the right operand
     # of * / % (whose left-to-right grouping the parentheses would change).
     src = re.sub(r"(?<![*/%] )(\([^()]*\)|\b[A-Za-z_]\w*) (//|%) (\d+)\b(?!\.)", shift, src)
-    return re.sub(r"\b(As|Bs)\[([^\]]+)\]", lambda m: f"{m.group(1)}[np.uint32({m.group(2)})]",
-                  src)
+    return re.sub(r"\b(As|Bs)\[([^\]]+)\]", lambda m: m.group(0) if "np.uint32" in m.group(2)
+                  else f"{m.group(1)}[np.uint32({m.group(2)})]", src)
 
 
 _MMA_OPERANDS = {"a": ("mk", 0, "m0", "M", "sam", "rs"), "b": ("kn", 1, "n0", "N", "sbn", "cs")}

@@ -17,6 +17,9 @@ promoted dtype of the two.
   mean. Each sum is a xor-shuffle tree (and one shared-memory step across the group's warps,
   ``reduction.rows_reduce``). The row is written from the registers as
   ``((x - hi) - lo) * rstd * gamma + beta``. RMSnorm: one tree, the sum of ``x * x``.
+  16-bit rows (x, the residual and out all bfloat16/float16) whose every start is aligned to
+  a word of 4 (or 2) elements are read and written a word at a time, gamma/beta too when they
+  are contiguous and aligned (``row_index``: wide accesses).
 - longer rows: Welford (count, mean, M2) states of each row from the reduction kernels
   (``reduction.run("var", ...)``, split into segments over several blocks when rows are few),
   then a streaming kernel (a block per row segment) writes the result: two reads, one write.
@@ -106,12 +109,14 @@ def _load(j: str, dts: _Dtypes) -> str:
     return v
 
 
-def _affine(v: str, j: str, dts: _Dtypes) -> str:
-    """``v`` scaled by ``gamma[j]`` and shifted by ``beta[j]`` (those present)."""
+def _affine(v: str, j: str, dts: _Dtypes, loaded: dict[str, str] | None = None) -> str:
+    """``v`` scaled by ``gamma[j]`` and shifted by ``beta[j]`` (those present); ``loaded``:
+    the values of those already read (by parameter name)."""
+    loaded = loaded or {}
     if dts.gamma is not None:
-        v = f"{v} * {red.load_expr(f'g[{j}]', dts.gamma == dtypes.bfloat16)}"
+        v = f"{v} * {loaded.get('g') or red.load_expr(f'g[{j}]', dts.gamma == dtypes.bfloat16)}"
     if dts.beta is not None:
-        v = f"{v} + {red.load_expr(f'b[{j}]', dts.beta == dtypes.bfloat16)}"
+        v = f"{v} + {loaded.get('b') or red.load_expr(f'b[{j}]', dts.beta == dtypes.bfloat16)}"
     return v
 
 
@@ -122,18 +127,26 @@ def _params(dts: _Dtypes) -> str:
 
 
 def _row_kernel(dts: _Dtypes, acc: np.dtype, rms: bool, T: int, B: int, K: int,
-                exact: bool) -> gpu.Kernel:
+                exact: bool, W: int = 1, wide: str = "") -> gpu.Kernel:
     """Rows held in registers: K elements a thread, T threads a row, B // T rows a block;
-    ``exact``: rows of exactly T * K elements (``rows``)."""
-    key = ("row", dts.key(), acc.str, rms, T, B, K, exact)
+    ``exact``: rows of exactly T * K elements (``rows``); ``W > 1``: 16-bit rows of x, the
+    residual and out read and written a word of W elements at a time
+    (``row_index.word_width``), those parameters the words, and so are gamma/beta where
+    ``wide`` names them ("g", "b")."""
+    key = ("row", dts.key(), acc.str, rms, T, B, K, exact, W, wide)
     if key in _kernels:
         return _kernels[key]
     name = (f"{'rms' if rms else 'layer'}norm_row_{dts.name()}_t{T}_b{B}_k{K}"
-            f"{'_x' if exact else ''}")
+            f"{'_x' if exact else ''}{f'_w{W}{wide}' if W > 1 else ''}")
     accs = [np.dtype(acc)]
-    body = [*row_index.head(T, B, exact), *row_index.slots(T, K)]
-    body += row_index.each(K, [f"v{{k}} = {_load('base + j{k}', dts)}"], exact,
-                       default=["v{k} = A(0)"])
+    body = [*row_index.head(T, B, exact, n="n" if W == 1 else f"n >> {red.log2(W)}"),
+            *row_index.slots(T, K // W)]
+    if W > 1:
+        rows = [("x", dts.x)] + ([] if dts.residual is None else [("r", dts.residual)])
+        body += row_index.load_words(K, W, rows, exact, "A(0)")
+    else:
+        body += row_index.each(K, [f"v{{k}} = {_load('base + j{k}', dts)}"], exact,
+                               default=["v{k} = A(0)"])
     if rms:
         alloc, tree = red.rows_reduce(["s2"], accs, "merge_sum", T, B, "a")
         body += alloc + ["s2 = A(0)"] + [f"s2 += v{k} * v{k}" for k in range(K)] + tree
@@ -144,23 +157,41 @@ def _row_kernel(dts: _Dtypes, acc: np.dtype, rms: bool, T: int, B: int, K: int,
         alloc_b, tree_b = red.rows_reduce(["d1", "d2"], accs * 2, "merge_sum2", T, B, "b")
         body += alloc_a + alloc_b + ["s = A(0)"] + [f"s += v{k}" for k in range(K)] + tree_a
         body += ["hi = s / A(n)", "d1 = A(0)", "d2 = A(0)"]
-        body += row_index.each(K, ["d = v{k} - hi", "d1 += d", "d2 += d * d"], exact)
+        body += row_index.each(K, ["d = v{k} - hi", "d1 += d", "d2 += d * d"], exact, W=W)
         body += tree_b
         # sum((d - lo)^2) = sum(d^2) - sum(d) * lo, with lo = sum(d) / n.
         body += ["lo = d1 / A(n)", "var = (d2 - d1 * lo) / A(n)",
                  "rstd = inv_std(var if var > A(0) else A(0), eps)"]
         value = "((v{k} - hi) - lo) * rstd"
-    body += row_index.stores(K, [f"out[base + j{{k}}] = "
-                            f"{red.store_expr(_affine(value, 'j{k}', dts), dts.out)}"], exact)
+    if W > 1:
+        body += row_index.store_words(K // W, lambda q: _store_word(q, W, value, dts, wide),
+                                      exact)
+    else:
+        body += row_index.stores(K, [f"out[base + j{{k}}] = "
+                                     f"{red.store_expr(_affine(value, 'j{k}', dts), dts.out)}"],
+                                 exact)
     params = f"{_params(dts)}out, rows, n, eps"
     source = _FUNCS + f"\n\ndef {name}({params}):\n" + red.indent(body, 4) + "\n"
-    ns = dict(red.namespace(acc), U=row_index.U)
+    ns = dict(red.namespace(acc), **row_index.NAMESPACE)
     k = _kernels[key] = red.build(name, source, ns, __name__)
     # B threads of more registers each than the register file holds would not launch at all
     # (float64 layernorm at K = 8 needs 76 a thread, 1024 threads have 64): cap them, so that
     # any toolkit's allocation launches (spilling at worst).
     k.max_registers = gpu.register_cap(B)
     return k
+
+
+def _store_word(q: int, W: int, value: str, dts: _Dtypes, wide: str) -> list[str]:
+    """Lines writing word ``q`` of the row (elements ``v{k}``, ``k = q * W + e``, normalized by
+    ``value``) out; gamma/beta are read a word at a time where ``wide`` names them, else an
+    element at a time."""
+    present = {"g": dts.gamma, "b": dts.beta}
+    lines = [f"w{p}{q} = {p}[j{q}]" for p in wide]
+    for e in range(W):
+        loaded = {p: row_index.unpack(f"w{p}{q}", e, W, present[p]) for p in wide}
+        affine = _affine(value.format(k=q * W + e), f"U({W}) * j{q} + U({e})", dts, loaded)
+        lines.append(f"y{e} = {affine}")
+    return lines + [f"out[base + j{q}] = {row_index.pack([f'y{e}' for e in range(W)], dts.out)}"]
 
 
 def _apply_kernel(dts: _Dtypes, acc: np.dtype, rms: bool, B: int, U: int) -> gpu.Kernel:
@@ -273,8 +304,17 @@ def _run_planned(x: Any, residual: Any, gamma: Any, beta: Any, out: Any, eps: fl
     tile = _row_tile(n, config, acc, rms)
     if tile is not None:
         T, B, K = tile
-        gpu.launch(_row_kernel(dts, acc, rms, T, B, K, row_index.is_exact(n, T, K)),
-                   -(-rows // (B // T)), B, [*ins, *params, os_, rows, n, float(eps)])
+        W = row_index.word_width(n, K, [*ins, os_])
+        # gamma/beta are read a word at a time where they allow it, else an element at a time
+        # (any stride: every row reads them again, from the cache).
+        letters = [p for p, a in zip("gb", (gamma, beta)) if a is not None]     # of params
+        wide = "".join(p for p, v in zip(letters, params)
+                       if W > 1 and row_index.word_width(n, W, [v]) == W)
+        gpu.launch(_row_kernel(dts, acc, rms, T, B, K, row_index.is_exact(n, T, K), W, wide),
+                   -(-rows // (B // T)), B,
+                   [*(row_index.words(a, W) for a in ins),
+                    *(row_index.words(v, W if p in wide else 1) for p, v in zip(letters, params)),
+                    row_index.words(os_, W), rows, n, float(eps)])
         return
     B = config.block
     if residual is not None:

@@ -8,7 +8,9 @@ once into registers when its line fits, so the output costs one read and one wri
   own one row each, ``B // T`` rows a block; thread ``t`` keeps elements ``t + k * T``
   (``k < K``, coalesced across the group) in registers. The row max is a xor-shuffle tree
   (and a shared-memory step across the group's warps), then ``exp(x - max)`` is summed the
-  same way and the row is written from the registers.
+  same way and the row is written from the registers. 16-bit rows whose every start is
+  aligned to a word of 4 (or 2) elements are read and written a word at a time (``row_index``:
+  wide accesses).
 - ``inner > 1``, ``n <= 32 * TY``: a block is ``TX`` adjacent columns x ``TY`` row lanes;
   thread ``(tx, ty)`` keeps rows ``ty + k * TY`` of its column (each row read coalesced across
   ``tx``), folds them into an online (max, sum of exp) pair, the pairs merge in a shared-memory
@@ -61,33 +63,47 @@ def _source(name: str, params: str, body: Sequence[str], funcs: str = "") -> str
 
 
 def _row_kernel(dt: np.dtype, acc: np.dtype, log: bool, T: int, B: int, K: int,
-                exact: bool) -> gpu.Kernel:
+                exact: bool, W: int = 1) -> gpu.Kernel:
     """Rows held in registers: K elements a thread, T threads a row, B // T rows a block;
-    ``exact``: rows of exactly T * K elements (``rows``)."""
-    key = ("row", dt.str, acc.str, log, T, B, K, exact)
+    ``exact``: rows of exactly T * K elements (``rows``); ``W > 1``: 16-bit rows read and
+    written a word of W elements at a time (``row_index.word_width``), ``x`` and ``out`` the
+    words."""
+    key = ("row", dt.str, acc.str, log, T, B, K, exact, W)
     if key in _kernels:
         return _kernels[key]
     bf16 = dt == dtypes.bfloat16
     tag = "bf16" if bf16 else dt.name
-    name = f"{'log_' if log else ''}softmax_row_{tag}_t{T}_b{B}_k{K}{'_x' if exact else ''}"
+    name = (f"{'log_' if log else ''}softmax_row_{tag}_t{T}_b{B}_k{K}{'_x' if exact else ''}"
+            f"{f'_w{W}' if W > 1 else ''}")
     f32 = [np.dtype(acc)]
     alloc_a, red_max = red.rows_reduce(["mx"], f32, "merge_max", T, B, "a")
     alloc_b, red_sum = red.rows_reduce(["sm"], f32, "merge_sum", T, B, "b")
-    body = [*row_index.head(T, B, exact, n="r"), *alloc_a, *alloc_b, *row_index.slots(T, K),
-            "mx = LOW"]
-    body += row_index.each(K, [f"v{{k}} = {red.load_expr('x[base + j{k}]', bf16)}"], exact,
-                      default=["v{k} = LOW"])
+    words = "r" if W == 1 else f"r >> {red.log2(W)}"
+    body = [*row_index.head(T, B, exact, n=words), *alloc_a, *alloc_b,
+            *row_index.slots(T, K // W), "mx = LOW"]
+    if W > 1:
+        body += row_index.load_words(K, W, [("x", dt)], exact, "LOW")
+    else:
+        body += row_index.each(K, [f"v{{k}} = {red.load_expr('x[base + j{k}]', bf16)}"], exact,
+                               default=["v{k} = LOW"])
     body += [f"mx = v{k} if v{k} > mx or v{k} != v{k} else mx" for k in range(K)]
     body += red_max
     body += ["shift = mx"] + (["if not finite(mx):", "    shift = A(0)"] if log else [])
     body.append("sm = A(0)")
     body += row_index.each(K, ["sm += exp_(v{k} - shift)"] if log else
-                      ["v{k} = exp_(v{k} - shift)", "sm += v{k}"], exact)
+                           ["v{k} = exp_(v{k} - shift)", "sm += v{k}"], exact, W=W)
     body += red_sum
     body.append("lse = log_(sm)" if log else "inv = A(1) / sm")
     value = "(v{k} - shift) - lse" if log else "v{k} * inv"
-    body += row_index.stores(K, [f"out[base + j{{k}}] = {red.store_expr(value, dt)}"], exact)
-    ns = dict(red.namespace(acc), U=row_index.U)
+    if W > 1:
+        body += row_index.store_words(K // W, lambda q: [
+            f"out[base + j{q}] = "
+            f"{row_index.pack([value.format(k=k) for k in range(q * W, q * W + W)], dt)}"],
+            exact)
+    else:
+        body += row_index.stores(K, [f"out[base + j{{k}}] = {red.store_expr(value, dt)}"],
+                                 exact)
+    ns = dict(red.namespace(acc), **row_index.NAMESPACE)
     k = _kernels[key] = red.build(name, _source(name, "x, out, rows, r", body), ns, __name__,
                                   threads=B)
     return k
@@ -179,8 +195,10 @@ def _run_planned(x: Any, out: Any, axis: int, log: bool, config: Config) -> None
         K = red.pow2ceil(-(-n // T))
         if K <= min(KMAX, config.kmax):
             B = max(T, config.block)
-            gpu.launch(_row_kernel(dt, acc, log, T, B, K, row_index.is_exact(n, T, K)),
-                       -(-outer // (B // T)), B, [xs, os_, outer, n])
+            W = row_index.word_width(n, K, [xs, os_])
+            gpu.launch(_row_kernel(dt, acc, log, T, B, K, row_index.is_exact(n, T, K), W),
+                       -(-outer // (B // T)), B,
+                       [row_index.words(xs, W), row_index.words(os_, W), outer, n])
             return
     else:
         TX = min(32, red.pow2ceil(inner))
