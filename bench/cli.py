@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from typing import Any
 
 from tsol.bench.cases import CASES, DTYPES, SUITES, select
 from tsol.bench.runner import markdown_table, run
@@ -75,12 +77,21 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.backend!r}. Fix: drop a filter (tsol-bench run --help lists them).",
               file=sys.stderr)
         return 2
-    doc = run(cases, backend=args.backend, quick=args.quick)
+    doc = run(cases, backend=args.backend, quick=args.quick,
+              checkpoint=(lambda d: write_json(d, args.out)) if args.out else None)
     print(markdown_table(doc))
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(doc, f, indent=1)
+        write_json(doc, args.out)
     return 0 if all(r["ok"] for r in doc["rows"]) else 1
+
+
+def write_json(doc: dict[str, Any], path: str) -> None:
+    """Write ``doc`` to ``path`` whole or not at all (a temporary file, then a rename): the
+    file is rewritten after each case, so a run cut short keeps its finished rows."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=1)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -348,11 +348,13 @@ def time_row(row: dict[str, Any], b: Any, fn: Callable[[], Any], checked: Checke
 
 
 def run(cases: Iterable[Case], backend: str = "cpu", quick: bool = False,
-        progress: bool = True) -> dict[str, Any]:
-    """Run ``cases`` and return the results document (schema in bench/README.md)."""
-    import numba
+        progress: bool = True, checkpoint: Callable[[dict[str, Any]], None] | None = None
+        ) -> dict[str, Any]:
+    """Run ``cases`` and return the results document (schema in bench/README.md);
+    ``checkpoint(doc)`` gets the document of the rows so far after each case (a run cut short
+    keeps them)."""
     cases = list(cases)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for i, case in enumerate(cases, 1):
         if progress:
             print(f"\r[{i}/{len(cases)}] {case.run_id(quick):<60}", end="", file=sys.stderr,
@@ -366,8 +368,16 @@ def run(cases: Iterable[Case], backend: str = "cpu", quick: bool = False,
             rows.append({"case": case.run_id(quick), "suite": case.suite, "op": case.op,
                          "ok": False, "kernel": "-",
                          "check": f"{type(exc).__name__}: {exc}"[:300]})
+        if checkpoint is not None:
+            checkpoint(document(rows, backend, quick))
     if progress:
         print(file=sys.stderr)
+    return document(rows, backend, quick)
+
+
+def document(rows: list[dict[str, Any]], backend: str, quick: bool) -> dict[str, Any]:
+    """The results document of ``rows``: schema version, date, device, versions, ceilings."""
+    import numba
     return {"schema_version": SCHEMA_VERSION, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "device": backends.get(backend).device_key(), "backend": backend, "quick": quick,
             "platform": platform.platform(),

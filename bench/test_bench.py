@@ -594,3 +594,22 @@ def test_sampled_check_catches_a_wrong_sampled_part(op):
     bad = got.copy()
     np.moveaxis(bad, case.sample.axis, 0)[-1] += 1.0     # the last index is always sampled
     assert not run_and_check(case, cpu, bad, args, kwargs).ok
+
+
+def test_results_file_is_written_after_each_case(tmp_path, monkeypatch):
+    """A run cut short keeps its finished rows: the JSON is rewritten after each case."""
+    from tsol.bench import runner
+    out = tmp_path / "r.json"
+    seen = []
+    real = runner.run_case
+
+    def spy(case, *a, **k):
+        seen.append(len(json.loads(out.read_text())["rows"]) if out.exists() else 0)
+        return real(case, *a, **k)
+
+    monkeypatch.setattr(runner, "run_case", spy)
+    assert cli.main(["run", "--quick", "--suite", "stream", "--dtype", "fp32", "--op",
+                     "stream_triad", "--op", "astype", "--out", str(out)]) == 0
+    assert seen == [0, 1]
+    assert len(json.loads(out.read_text())["rows"]) == 2
+    assert not (tmp_path / "r.json.tmp").exists()

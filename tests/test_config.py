@@ -22,11 +22,13 @@ def test_unknown_setting_is_an_argument_error():
 
 
 def test_environment_variables_are_read_once_at_import(tmp_path):
-    env = dict(os.environ, TSOL_CACHE_DIR=str(tmp_path), TSOL_DETERMINISTIC="1")
-    code = "import tsol; s = tsol.config.get(); print(s.cache_dir, s.deterministic)"
+    env = dict(os.environ, TSOL_CACHE_DIR=str(tmp_path), TSOL_DETERMINISTIC="1",
+               TSOL_CHECK_VALUES="1")
+    code = ("import tsol; s = tsol.config.get(); print(s.cache_dir, s.deterministic, "
+            "s.check_values)")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True).stdout.split()
-    assert out == [str(tmp_path), "True"]
+    assert out == [str(tmp_path), "True", "True"]
 
 
 def test_every_setting_is_documented():

@@ -46,6 +46,12 @@ class Settings:
     """Choose each eager op's kernel and config by measuring the legal candidates once per
     shape bucket, with results kept under ``<cache_dir>/tune`` (``tsol.schedule.tune``)."""
 
+    check_values: bool = False
+    """Run the value checks that need a device-to-host sync: a GPU op waits for its kernels and
+    reads a flag back to raise on bad values (today: cuda ``cross_entropy``, class indices out
+    of range). Off, such an op does not sync, gives NaN where a value was bad, and its launches
+    replay. The CPU backend checks always (it costs nothing there)."""
+
 
 def _from_environment() -> Settings:
     cache = os.environ.get("TSOL_CACHE_DIR") or os.path.join(
@@ -58,6 +64,7 @@ def _from_environment() -> Settings:
         poison_outputs=_env_bool("TSOL_POISON_OUTPUTS", False),
         default_backend=os.environ.get("TSOL_DEFAULT_BACKEND", "cpu"),
         autotune=_env_bool("TSOL_AUTOTUNE", False),
+        check_values=_env_bool("TSOL_CHECK_VALUES", False),
     )
 
 

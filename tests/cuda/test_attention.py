@@ -231,6 +231,27 @@ def test_rope_dtypes_default_and_explicit_positions(dt, rng):
     check_rope(x, dt, rng.integers(0, 4096, size=(b, 1, s)).astype(np.int32))  # over H
 
 
+@pytest.mark.parametrize("given", [False, True], ids=["default", "positions"])
+def test_rope_replays_from_its_third_call(given, rng, monkeypatch):
+    """Eager rope calls replay their recorded launches (the table of kept default positions
+    passed as a constant, a table of given positions allocated afresh), skip the kernel's host
+    code, and stay right on fresh inputs."""
+    from tsol.kernels.cuda import attention
+    s, d = size(7, 2048), size(8, 128)
+    pos = rng.integers(0, 5000, size=s) if given else None
+    with on_cuda():
+        for call in range(4):
+            if call == 2:
+                def fail(*a, **k):
+                    raise AssertionError("rope's host code ran on a replayed call")
+                monkeypatch.setattr(attention, "_rope_table", fail)
+                monkeypatch.setattr(attention, "_rope_direct_kernel", fail)
+            x = rand((2, size(3, 4), s, d), np.float32, rng)
+            got = tsol.rope(to_device(x), positions=None if pos is None else to_device(pos))
+            if not COMPILE_ONLY:
+                assert_close(to_host(got), reference("rope", x, pos, theta=10000.0), np.float32)
+
+
 def test_rope_odd_pairs_1d_views_and_empty(rng):
     x = rand((size(3, 1000), 10), np.float32, rng)       # 5 pairs a row
     for _, view in views(x):

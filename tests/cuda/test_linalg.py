@@ -119,6 +119,36 @@ def test_gemm_flags_as_strides(dt, rng):
           scale=scale_for(k))
 
 
+@pytest.mark.parametrize("dt", [tsol.float16, tsol.bfloat16], ids=dtype_id)
+def test_transposed_b_staged_by_cp_async(dt, rng, monkeypatch):
+    """B given transposed (k contiguous, 16-byte rows: K a multiple of 8) is staged [n][k] by
+    cp.async and read by plain ldmatrix; rows off 16-byte bounds take the plain loads."""
+    from tsol.kernels.cuda import linalg
+    built = []
+    real = linalg._build
+    monkeypatch.setattr(linalg, "_build", lambda kind, cfg, ct, dts, modes, spec: (
+        built.append(len(modes) == 5), real(kind, cfg, ct, dts, modes, spec))[1])
+    ts = tile_for(dt)
+    m, n = size(19, 300), size(21, 500)
+    for k in (size(16, 256), size(40, 296), size(8, 8)):      # whole, partial and one K tile
+        a, bt, c = rand((m, k), dt, rng), rand((n, k), dt, rng), rand((m, n), dt, rng)
+        check("gemm", [a, bt, c], {"alpha": 0.5, "beta": -1.5, "trans_b": True,
+                                   "tile_shape": ts}, dt, scale=scale_for(k))
+        assert built[-1], f"K={k}: B was not staged transposed"
+    k = size(24, 256)
+    a, bt = rand((2, 1, m, k), dt, rng), rand((3, n, k), dt, rng)   # batches of B^T
+    bias = rand((n,), np.float32, rng)
+    check("gemm", [a, bt, None], {"trans_b": True, "bias": bias, "epilogue": "bias_relu",
+                                  "tile_shape": ts}, dt, scale=scale_for(k))
+    assert built[-1]
+    store = rand((n * k + 1,), dt, rng)
+    shifted = store[1:].reshape(n, k)                               # rows 2 bytes off
+    check("gemm", [a[0, 0], shifted, None], {"trans_b": True, "tile_shape": ts}, dt,
+          scale=scale_for(k))
+    if HOST:                          # (on a GPU the operand is copied to aligned memory)
+        assert not built[-1]
+
+
 def test_gpu_default_configs(forced, rng):
     """The configs a GPU picks by default (the simulator tests use small tiles): SIMT64 and
     SIMT32 with transposed operands, c and epilogue operands; the 8-warp tensor-core tile with A

@@ -1,7 +1,8 @@
 """CUDA cross_entropy, mse and kl_divergence against the float64 reference: every float dtype
 and reduction, odd class counts, PyTorch's layouts ([C], [N, C], [N, C, d]), ignore_index,
 probability targets, rows longer than the registers hold (read twice), multi-warp rows,
-broadcasting and promotion, views, out=, empty inputs, repeatability and user errors."""
+broadcasting and promotion, views, out=, empty inputs, repeatability, replays, out-of-range
+targets (NaN by default, ArgumentError with value checks) and user errors."""
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import tsol
 from tests.cuda.support import (
     COMPILE_ONLY,
     CUDA_TESTS,
+    HOST,
     SIMULATOR,
     check,
     on_cuda,
@@ -18,11 +20,12 @@ from tests.cuda.support import (
     to_device,
     to_host,
 )
-from tests.support import FLOAT_DTYPES, dtype_id, rand
-from tsol import dtypes
+from tests.support import FLOAT_DTYPES, assert_close, dtype_id, rand, reference
+from tsol import dtypes, registry
 from tsol.errors import ArgumentError, DTypeError, ShapeError, TSOLError
 from tsol.kernels.cuda import gpu, loss, replay
-from tsol.registry import Config
+from tsol.ops import base
+from tsol.registry import Config, get_op
 
 pytestmark = [*CUDA_TESTS, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 
@@ -105,9 +108,11 @@ def test_cross_entropy_tiles_fit_the_register_file():
                             *([] if probs else [vec(np.int8)]), i64, i64]
                 used = gpu.registers(k, argtypes)
                 assert used * B <= gpu.REGISTERS_PER_BLOCK, (k.name, used, B)
-    fin = loss._finish_kernel(f32, True, "mean", 1024)
-    used = gpu.registers(fin, [vec(f64), vec(np.int8), i64, vec(f32), vec(np.int64)])
-    assert used * 1024 <= gpu.REGISTERS_PER_BLOCK, (fin.name, used)
+    for checked in (False, True):
+        fin = loss._finish_kernel(f32, True, "mean", 1024, checked)
+        used = gpu.registers(fin, [vec(f64), vec(np.int8), i64, vec(f32),
+                                   *([vec(np.int64)] if checked else [])])
+        assert used * 1024 <= gpu.REGISTERS_PER_BLOCK, (fin.name, used)
 
 
 def test_cross_entropy_multi_warp_rows(forced, rng):
@@ -162,8 +167,10 @@ def test_cross_entropy_repeated_calls(rng):
 
 def test_second_call_of_a_layout_replays(monkeypatch, rng):
     """Later calls of a layout replay the first call's launches (planning would raise) on their
-    own data, scratch included; an out-of-range target still raises on a replayed call."""
+    own data, scratch included, with value checks off and on; with them on, an out-of-range
+    target still raises on a replayed call."""
     monkeypatch.setattr(loss, "_replays", replay.Replays())
+    monkeypatch.setattr(base, "_plans", base._PlanTable())   # first calls reach the kernels' host code
     shape = (size(5, 300), size(37, 4099))
 
     def cases():
@@ -176,27 +183,141 @@ def test_second_call_of_a_layout_replays(monkeypatch, rng):
                 ("mse", [a, b], {"reduction": "sum"}),
                 ("kl_divergence", [a, b], {"reduction": "none", "log_target": True})]
 
-    for op, inputs, attrs in cases():
-        check(op, inputs, attrs, np.float32)
-    assert len(loss._replays.cache) == 5 and None not in loss._replays.cache.values()
+    def each_case():
+        for checked in (False, True):
+            with tsol.config.override(check_values=checked):
+                for op, inputs, attrs in cases():
+                    check(op, inputs, attrs, np.float32)
+
+    each_case()
+    # Five layouts, and the two with class indices again with checks (other launches).
+    assert len(loss._replays.cache) == 7 and None not in loss._replays.cache.values()
     for name in ("_ce_planned", "_pointwise_planned"):
         monkeypatch.setattr(loss, name, lambda *a, **k: pytest.fail("planned a replayed call"))
-    for op, inputs, attrs in cases():
-        check(op, inputs, attrs, np.float32)
+    each_case()
     if not COMPILE_ONLY:
         for attrs in ({"reduction": "mean", "ignore_index": -100}, CE_NONE):
             bad = rng.integers(0, shape[1], shape[0])
             bad[-1] = shape[1]
-            with pytest.raises(ArgumentError, match=f"target {shape[1]} "):
-                run("cross_entropy", [cases()[0][1][0], bad], attrs)
+            with tsol.config.override(check_values=True):
+                with pytest.raises(ArgumentError, match=f"target {shape[1]} at targets"):
+                    run("cross_entropy", [cases()[0][1][0], bad], attrs)
+            got = run("cross_entropy", [cases()[0][1][0], bad], attrs)
+            assert np.isnan(got).any() if attrs is CE_NONE else np.isnan(got)
+
+
+def test_eager_calls_replay_and_checked_calls_do_not(monkeypatch, rng):
+    """cross_entropy is marked ``replays``: from the third eager call of a signature the plan
+    replays its launches without running the kernel's host code (reduction="none" in one flat
+    launch); with value checks on every call runs it, so that it reads the flag back."""
+    assert all(k.replays for k in registry.KERNELS[("cross_entropy", "cuda")])
+    monkeypatch.setattr(base, "_plans", base._PlanTable())
+    shape = (size(5, 300), size(37, 4099))
+    x = rand(shape, np.float32, rng, low=-5.0, high=5.0)
+    calls = []
+    real = loss._ce
+    monkeypatch.setattr(loss, "_ce", lambda *a, **k: (calls.append(1), real(*a, **k)))
+    for checked in (False, True):
+        for attrs in ({"reduction": "mean", "ignore_index": -100}, CE_NONE):
+            calls.clear()
+            with tsol.config.override(check_values=checked):
+                for _ in range(4):
+                    check("cross_entropy", [x, rng.integers(0, shape[1], shape[0])], attrs,
+                          np.float32)
+            assert len(calls) == (4 if checked else 2), (checked, attrs, len(calls))
+    if not HOST:
+        flat = [p.attrs["reduction"] for p in base._plans.values()
+                if p.replay is not None and p.replay.flat is not None]
+        assert flat == ["none"], flat
+
+
+def test_out_of_range_targets_give_nan(rng):
+    """With value checks off (the default) a target outside [0, C) that is not ignore_index
+    gives its sample a NaN loss, so the mean and the sum are NaN; ignored samples stay 0 and out
+    of the mean; the other samples are right. The rows are replayed too."""
+    for shape in [(size(7, 301), size(37, 4099)), (3, 5, 4)]:
+        c = shape[1]
+        x = rand(shape, np.float32, rng, low=-5.0, high=5.0)
+        rows = shape[:1] + shape[2:]
+        for _ in range(3):                       # planned, recorded, replayed
+            t = rng.integers(0, c, rows)
+            flat = t.reshape(-1)
+            flat[1], flat[3], flat[4] = c, -1, -100
+            got = run("cross_entropy", [x, t], {"reduction": "none", "ignore_index": -100})
+            for red in ("mean", "sum"):
+                total = run("cross_entropy", [x, t], {"reduction": red, "ignore_index": -100})
+                assert COMPILE_ONLY or np.isnan(total)
+            if COMPILE_ONLY:
+                continue
+            got = got.reshape(-1)
+            assert np.isnan(got[[1, 3]]).all() and got[4] == 0, got
+            ok = t.copy()
+            ok.reshape(-1)[[1, 3]] = -100
+            want = reference("cross_entropy", x, ok, reduction="none", ignore_index=-100)
+            keep = np.ones(got.shape, bool)
+            keep[[1, 3]] = False
+            assert_close(got[keep], want.reshape(-1)[keep], np.float32, what="cuda rows")
+        # No ignore_index: -100 is out of range as well.
+        t = rng.integers(0, c, rows)
+        t.reshape(-1)[2] = -100
+        got = run("cross_entropy", [x, t], CE_NONE)
+        assert COMPILE_ONLY or np.isnan(got.reshape(-1)[2])
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["registers", "streamed"])
+def test_out_of_range_targets_give_nan_every_dtype(streamed, forced, rng):
+    """Every dtype, rows kept in registers or read twice: the bad sample is NaN, an ignored one
+    0, a counted one right, and the mean and sum are NaN."""
+    if streamed:
+        forced(Config(block=32, work=8, kmax=1))
+    for dt in FLOAT_DTYPES:
+        x = rand((3, size(41, 4099)), dt, rng, low=-5.0, high=5.0)
+        t = np.array([0, x.shape[1], -100])
+        attrs = {"reduction": "none", "ignore_index": -100}
+        got = run("cross_entropy", [x, t], attrs)
+        means = [run("cross_entropy", [x, t], {"reduction": red, "ignore_index": -100})
+                 for red in ("mean", "sum")]
+        if COMPILE_ONLY:
+            continue
+        assert np.isnan(got[1]) and got[2] == 0 and np.isnan(means).all(), (got, means)
+        want = reference("cross_entropy", x, np.array([0, -100, -100]), **attrs)
+        assert_close(got[:1], want[:1], dt, what="cuda cross_entropy")
+
+
+@pytest.mark.skipif(not HOST, reason="the VJP builds its one-hot targets with NumPy")
+def test_out_of_range_target_gives_nan_gradient_rows(rng):
+    x = rand((5, 7), np.float32, rng, low=-3.0, high=3.0)
+    t = np.array([2, 7, -100, 0, -3])
+    g = rand((5,), np.float32, rng)
+    with on_cuda():
+        out = tsol.cross_entropy(x, t, reduction="none", ignore_index=-100)
+        dx = get_op("cross_entropy").vjp(g, x, t, out=out, reduction="none",
+                                         ignore_index=-100)[0]
+    if COMPILE_ONLY:
+        return
+    dx = np.asarray(dx)
+    assert np.isnan(dx[[1, 4]]).all() and not np.isnan(dx[[0, 2, 3]]).any()
+    x64 = x.astype(np.float64)
+    p = np.exp(x64 - x64.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    p[[0, 3], t[[0, 3]]] -= 1.0
+    want = p * g.astype(np.float64)[:, None]
+    want[2] = 0.0
+    assert_close(dx[[0, 2, 3]], want[[0, 2, 3]], np.float32, what="cuda cross_entropy vjp")
 
 
 def test_cross_entropy_errors(rng):
+    """User errors; with value checks on, an out-of-range target raises as on the CPU, naming
+    the value, its position, the class count and the fix."""
     x = rand((4, 3), np.float32, rng)
     cases = [
-        (ArgumentError, [x, np.array([0, 1, 3, 0])], {}, ["target 3", "[0, 3)"]),
-        (ArgumentError, [x, np.array([0, -1, 2, 0])], {"ignore_index": -100}, ["target -1"]),
+        (ArgumentError, [x, np.array([0, 1, 3, 0])], {},
+         ["target 3 at targets[2]", "[0, 3)", "Fix: fix the labels"]),
+        (ArgumentError, [x, np.array([0, -1, 2, 0])], {"ignore_index": -100},
+         ["target -1 at targets[1]", "ignore_index=-100"]),
         (ArgumentError, [x, np.array([0, -1, 2, 0])], {"reduction": "none"}, ["target -1"]),
+        (ArgumentError, [rand((2, 3, 2), np.float32, rng), np.array([[0, 1], [2, 5]])],
+         {"reduction": "sum"}, ["target 5 at targets[1, 1]"]),
         (ShapeError, [x, np.array([0, 1, 2])], {}, ["(4,)"]),
         (DTypeError, [x, np.zeros((4, 3))], {}, ["dtype"]),
         (ArgumentError, [x, probs((4, 3), np.float32, rng)], {"ignore_index": 0},
@@ -204,10 +325,12 @@ def test_cross_entropy_errors(rng):
         (DTypeError, [x.astype(np.int32), np.zeros(4, np.int64)], {}, []),
     ]
     for cls, inputs, attrs, fragments in cases:
+        checked = tsol.config.override(check_values=True)
         if COMPILE_ONLY and cls is ArgumentError and "target" in fragments[0]:
-            run("cross_entropy", inputs, attrs)       # compiled, not run: nothing to check
+            with checked:
+                run("cross_entropy", inputs, attrs)   # compiled, not run: nothing to check
             continue
-        with pytest.raises(cls) as info:
+        with checked, pytest.raises(cls) as info:
             run("cross_entropy", inputs, attrs)
         assert isinstance(info.value, TSOLError) and "cross_entropy" in str(info.value)
         for f in fragments:

@@ -211,7 +211,7 @@ def test_second_call_of_a_layout_replays(forced, monkeypatch, rng):
     """Later calls of a layout replay the first call's launches (planning would raise) on their
     own data: the register path, the two-pass path with its scratch statistics, and in place."""
     monkeypatch.setattr(normalization, "_replays", replay.Replays())
-    monkeypatch.setattr(base, "_plans", {})      # earlier tests' plans would skip _run
+    monkeypatch.setattr(base, "_plans", base._PlanTable())      # earlier tests' plans would skip _run
     n = size(40, 4096)
     heuristic = base.selector
 

@@ -8,7 +8,7 @@ import pytest
 import tsol
 from tests.cuda.support import COMPILE_ONLY, CUDA_TESTS, on_cuda, size, to_device, to_host
 from tests.support import assert_close, rand, reference
-from tsol.kernels.cuda import elementwise, linalg, normalization, reduction, softmax
+from tsol.kernels.cuda import elementwise, linalg, loss, normalization, reduction, softmax
 from tsol.ops import base
 
 pytestmark = [*CUDA_TESTS, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
@@ -20,6 +20,8 @@ CASES = {
     "layernorm": (normalization, "_run", 3, {"eps": 1e-5}),
     "sum": (reduction, "reduce", 1, {"axis": -1}),
     "matmul": (linalg, "run", 2, {"epilogue": "relu"}),
+    "mse": (loss, "_pointwise", 2, {"reduction": "mean"}),
+    "kl_divergence": (loss, "_pointwise", 2, {"reduction": "batchmean", "log_target": False}),
 }
 """op -> (kernel module, the function its kernel's impl calls, operands, attrs)."""
 
@@ -31,6 +33,9 @@ def _inputs(op, n_in, rng):
         return [x, rand((n,), np.float32, rng), rand((n,), np.float32, rng)]
     if op == "matmul":
         return [x, rand((n, size(7, 257)), np.float32, rng)]
+    if op == "kl_divergence":       # log-probabilities against probabilities
+        return [rand((3, n), np.float32, rng, low=-4.0, high=0.0),
+                rand((3, n), np.float32, rng, positive=True)]
     return [rand((3, n), np.float32, rng) for _ in range(n_in)]
 
 
@@ -138,19 +143,20 @@ def test_other_alignment_plans_instead_of_replaying(rng, monkeypatch):
     """A replay runs only on pointers aligned as the recorded call's (modulo 16): an operand at
     another alignment, same shape and strides, takes the planning path (and is right)."""
     n = size(12, 1024)
-    store = np.zeros(2 * n + 8, np.float32)
-    base = (-store.ctypes.data % 16) // 4                 # first 16-byte-aligned element
+    store = to_device(np.zeros(2 * n + 8, np.float32))
+    ptr = store.ctypes.data if isinstance(store, np.ndarray) else store.data.ptr
+    base = (-ptr % 16) // 4                               # first 16-byte-aligned element
     aligned, shifted = store[base:base + n], store[base + 1:base + 1 + n]
     calls = []
     real = elementwise.launch
     monkeypatch.setattr(elementwise, "launch", lambda *a, **k: (calls.append(1), real(*a, **k)))
     with on_cuda():
         for _ in range(3):
-            aligned[:] = rand((n,), np.float32, rng)
+            aligned[:] = to_device(rand((n,), np.float32, rng))
             tsol.exp(aligned)
         planned = len(calls)
-        shifted[:] = rand((n,), np.float32, rng)
+        shifted[:] = to_device(rand((n,), np.float32, rng))
         got = tsol.exp(shifted)
     assert len(calls) == planned + 1
     if not COMPILE_ONLY:
-        assert_close(to_host(got), np.exp(shifted.astype(np.float64)), np.float32)
+        assert_close(to_host(got), np.exp(to_host(shifted).astype(np.float64)), np.float32)

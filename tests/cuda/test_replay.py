@@ -21,7 +21,7 @@ def fresh(monkeypatch):
     (whose own replays would skip the kernels' caches)."""
     monkeypatch.setattr(reduction, "_replays", replay.Replays())
     monkeypatch.setattr(softmax, "_replays", replay.Replays())
-    monkeypatch.setattr(base, "_plans", {})
+    monkeypatch.setattr(base, "_plans", base._PlanTable())
 
 
 def _no_planning(monkeypatch, module, name):

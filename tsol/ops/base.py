@@ -328,9 +328,7 @@ def _signature_key(opdef: OpDef, args: Sequence[Any], kwargs: dict[str, Any]) ->
         t = type(a)
         native = _ARRAY_TYPES.get(t)
         if native is None:
-            b = backends.owner(a) if hasattr(a, "shape") else None
-            native = _ARRAY_TYPES[t] = (b is not None and b.adopt(a) is a
-                                        and hasattr(a, "strides") and hasattr(a, "flags"))
+            native = _native(a)
         if native:
             parts.append((t, a.shape, a.dtype, a.strides))
         elif t in (int, float, bool):
@@ -338,10 +336,25 @@ def _signature_key(opdef: OpDef, args: Sequence[Any], kwargs: dict[str, Any]) ->
         else:
             return None
     for k, v in kwargs.items():
-        if k == "out" or hasattr(v, "shape") or isinstance(v, (list, dict)):
+        if k == "out" or isinstance(v, (list, dict)):
             return None
-        parts.append((k, v))
+        if hasattr(v, "shape"):               # an operand by keyword (bias=, positions=)
+            t = type(v)
+            native = _ARRAY_TYPES.get(t)
+            if not (native if native is not None else _native(v)):
+                return None
+            parts.append((k, t, v.shape, v.dtype, v.strides))
+        else:
+            parts.append((k, v))
     return tuple(parts)
+
+
+def _native(a: Any) -> bool:
+    """Whether arrays of ``a``'s type are a backend's own (no conversion on the way in)."""
+    b = backends.owner(a) if hasattr(a, "shape") else None
+    native = _ARRAY_TYPES[type(a)] = (b is not None and b.adopt(a) is a
+                                      and hasattr(a, "strides") and hasattr(a, "flags"))
+    return native
 
 
 def call(opdef: OpDef, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:

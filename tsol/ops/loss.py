@@ -4,6 +4,9 @@ Each takes ``reduction``: "mean" (the default), "sum" or "none" (per-element or 
 losses); kl_divergence also takes "batchmean". Reductions accumulate in float64 in a fixed
 blocked order, so results do not depend on the thread count; the result is cast to the input
 dtype. The mean of zero elements (or of zero non-ignored targets) is NaN, as in PyTorch.
+
+On CUDA an out-of-range target gives NaN instead of raising, unless value checks are on
+(``tsol.config`` ``check_values``); the CPU backend always raises.
 """
 
 from __future__ import annotations
@@ -47,8 +50,11 @@ def _reduced_shape(reduction: str, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _scale_g(g: Any, reduction: str, count: float) -> Any:
-    """The cotangent of each per-element loss: g itself, or g / count for a mean."""
-    return tsol.multiply(g, 1.0 / count) if reduction in ("mean", "batchmean") else g
+    """The cotangent of each per-element loss: g itself, or g / count for a mean (NaN for the
+    mean of nothing, as the loss)."""
+    if reduction not in ("mean", "batchmean"):
+        return g
+    return tsol.multiply(g, 1.0 / count if count else math.nan)
 
 
 # --- cross_entropy ------------------------------------------------------------------------
@@ -102,6 +108,19 @@ def _ce_meta(logits: Meta, targets: Meta, *, reduction: str, ignore_index: int |
     return Meta(_reduced_shape(reduction, rows), logits.dtype)
 
 
+def target_out_of_range(targets: Any, index: int, c: int, ignore: int | None,
+                        operands: Sequence[Any]) -> ArgumentError:
+    """The error every backend raises for a class index out of range: the one at flat (C-order)
+    position ``index`` of ``targets``, for ``c`` classes."""
+    value = int(targets.reshape(-1)[index])
+    where = "" if targets.ndim == 0 else \
+        f" at targets[{', '.join(str(int(i)) for i in np.unravel_index(index, targets.shape))}]"
+    return op_error(ArgumentError, "cross_entropy", f"target {value}{where} is out of range: "
+                    f"class indices must lie in [0, {c})" + (f" or equal ignore_index={ignore}"
+                                                             if ignore is not None else ""),
+                    "fix the labels, or pass ignore_index= for padding labels", operands)
+
+
 def _ce_per_sample(logits: np.ndarray, targets: np.ndarray, ignore_index: int | None
                    ) -> tuple[np.ndarray, np.ndarray]:
     """float64 per-sample losses and the mask of samples that count, in PyTorch's layout."""
@@ -126,28 +145,51 @@ def _ce_ref(logits: np.ndarray, targets: np.ndarray, *, reduction: str,
 def _ce_vjp(g: Any, logits: Any, targets: Any, *, out: Any, reduction: str,
             ignore_index: int | None) -> tuple[Any, Any]:
     # d loss_n / d logits_n = softmax(logits_n) * sum(p_n) - p_n, where p_n is the target
-    # distribution (one-hot for class indices, zero for ignored samples).
+    # distribution. Written in TSOL ops on the targets (captured values under tsol.grad).
     cax = class_axis(logits.ndim)
-    probs = targets.dtype in dtypes.FLOATS
-    if probs:
-        dist, count = targets, math.prod(logits.shape) // max(logits.shape[cax], 1)
-    else:
-        # The one-hot mask is a constant of the (non-differentiable) integer targets.
-        t = np.asarray(targets).astype(np.int64)
-        keep = np.ones(t.shape, bool) if ignore_index is None else t != ignore_index
-        classes = np.arange(logits.shape[cax]).reshape((-1,) + (1,) * (logits.ndim - cax - 1))
-        dist = (np.expand_dims(np.where(keep, t, -1), cax) == classes).astype(logits.dtype)
-        count = int(np.count_nonzero(keep))
-    gs = _scale_g(g, reduction, count)
-    if reduction == "none":             # per-sample cotangents get the class axis back
-        gs = tsol.reshape(gs, logits.shape[:cax] + (1,) + logits.shape[cax + 1:])
-    mass = tsol.sum(dist, axis=cax, keepdims=True)
-    dlogits = tsol.multiply(tsol.subtract(tsol.multiply(tsol.softmax(logits, axis=cax), mass),
-                                          dist), gs)
-    dtargets = None
-    if probs:
+    c = logits.shape[cax]
+    with_axis = logits.shape[:cax] + (1,) + logits.shape[cax + 1:]
+    if targets.dtype in dtypes.FLOATS:
+        gs = _ce_sample_g(g, reduction, math.prod(with_axis), with_axis)
+        mass = tsol.sum(targets, axis=cax, keepdims=True)
+        dlogits = tsol.multiply(tsol.subtract(
+            tsol.multiply(tsol.softmax(logits, axis=cax), mass), targets), gs)
         dtargets = tsol.multiply(tsol.multiply(tsol.log_softmax(logits, axis=cax), -1.0), gs)
-    return dlogits, dtargets
+        return dlogits, dtargets
+    # Class indices: p_n is one-hot, so the gradient row is (softmax_n - onehot_n) * w_n * g_n
+    # with w_n = 1 for a sample that counts, 0 for an ignored one, and NaN for an index out of
+    # range (its loss is NaN on CUDA without value checks). The targets compare as int64, so
+    # that C and ignore_index fit whatever their dtype (uint8 labels, ignore_index=-100).
+    t = tsol.reshape(tsol.astype(targets, dtypes.int64), with_axis)
+    classes = np.arange(c, dtype=np.int64).reshape((c,) + (1,) * (logits.ndim - cax - 1))
+    onehot = tsol.astype(tsol.equal(t, classes), logits.dtype)
+    w = tsol.where(tsol.where(tsol.greater_equal(t, 0), tsol.less(t, c), False), 1.0, np.nan)
+    count: Any = math.prod(with_axis)
+    if ignore_index is not None:
+        keep = tsol.not_equal(t, ignore_index)
+        w = tsol.where(keep, w, 0.0)
+        if reduction == "mean":         # the mean is over the samples that count
+            count = tsol.sum(tsol.astype(keep, _count_dtype(logits.dtype)))
+    ws = tsol.multiply(tsol.astype(w, logits.dtype), _ce_sample_g(g, reduction, count, with_axis))
+    return tsol.multiply(tsol.subtract(tsol.softmax(logits, axis=cax), onehot), ws), None
+
+
+def _count_dtype(dt: np.dtype) -> np.dtype:
+    """The dtype a sample count is summed in: exact to 2**24 samples (2**53 for float64)."""
+    return dtypes.float64 if dt == dtypes.float64 else dtypes.float32
+
+
+def _ce_sample_g(g: Any, reduction: str, count: Any, with_axis: tuple[int, ...]) -> Any:
+    """The cotangent of each per-sample loss, broadcastable against the logits: g, or g / count
+    for a mean (``count`` an int, or a captured 0-d count of non-ignored samples, cast back
+    to g's dtype); per-sample cotangents ("none") get the class axis back."""
+    if reduction == "none":
+        return tsol.reshape(g, with_axis)
+    if reduction == "sum":
+        return g
+    if isinstance(count, int):
+        return _scale_g(g, reduction, count)
+    return tsol.astype(tsol.divide(g, count), g.dtype)
 
 
 def _ce_cost(logits: Meta, targets: Meta, *, out: Meta, **_: Any) -> tuple[float, float]:
@@ -173,9 +215,14 @@ def cross_entropy(logits, targets, *, reduction="mean", ignore_index=None, out=N
     - ``ignore_index``: samples with this target contribute 0 and are left out of the mean
       (None ignores nothing). Every sample ignored gives a NaN mean, as in PyTorch.
     - Result dtype: the logits' (float64, float32, float16, bfloat16).
-    - Raises ArgumentError for a target outside ``[0, C)`` (naming the value and the range), a
-      bad reduction or ignore_index, or ignore_index with probability targets; ShapeError for
-      mismatched shapes; DTypeError for non-float logits or unsupported target dtypes.
+    - Raises ArgumentError for a target outside ``[0, C)`` and not ``ignore_index`` (naming the
+      value, its position and the range), a bad reduction or ignore_index, or ignore_index
+      with probability targets; ShapeError for mismatched shapes; DTypeError for non-float
+      logits or unsupported target dtypes.
+    - On CUDA an out-of-range target gives NaN instead of raising, unless value checks are on
+      (``tsol.config.set(check_values=True)`` or ``TSOL_CHECK_VALUES=1``; the check costs a
+      host sync a call): its sample's loss is NaN, so are the mean and the sum, and so is its
+      gradient row.
 
     >>> import numpy as np, tsol
     >>> logits = np.log(np.array([[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]], np.float32))

@@ -23,11 +23,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from tsol import dtypes
-from tsol.errors import ArgumentError, op_error
 from tsol.kernels.cpu.attention_tiles import render
 from tsol.kernels.cpu.jit import storage_kind
 from tsol.kernels.cpu.scalar import storage_view
-from tsol.ops.loss import class_axis
+from tsol.ops.loss import class_axis, target_out_of_range
 from tsol.registry import Config, kernel
 
 POINTWISE = '''
@@ -128,11 +127,7 @@ def _check_targets(t: np.ndarray, c: int, ignore: int | None, operands: Sequence
     keep = np.ones(t.shape, bool) if ignore is None else t != ignore
     bad = keep & ((t < 0) | (t >= c))
     if bad.any():
-        value = t[np.flatnonzero(bad)[0]]
-        raise op_error(ArgumentError, "cross_entropy", f"target {value} is out of range: class "
-                       f"indices must lie in [0, {c})" + (f" or equal ignore_index={ignore}"
-                                                          if ignore is not None else ""),
-                       "fix the labels, or pass ignore_index= for padding labels", operands)
+        raise target_out_of_range(operands[1], int(np.flatnonzero(bad)[0]), c, ignore, operands)
     return int(np.count_nonzero(keep))
 
 

@@ -48,7 +48,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from tsol import dtypes
-from tsol.kernels.cuda import gpu
+from tsol.kernels.cuda import gpu, replay
 from tsol.kernels.cuda import reduction as red
 from tsol.registry import Config, kernel
 
@@ -646,10 +646,14 @@ def _rope_table(dt: np.dtype, pos: Any, period: int, d: int, theta: float) -> tu
     key = (_acc(dt).str, dt == dtypes.float16 or dt == dtypes.bfloat16, period, d, theta,
            device)
     if pos is None and key in _tables:
-        return _tables[key]
+        return tuple(replay.constant(t) for t in _tables[key])
     half = d // 2
-    xp = gpu.array_module()
-    tables = xp.empty(period * half, _acc(dt)), xp.empty(period * half, _acc(dt))
+    # Kept tables are constants of a recorded call; a table of given positions is its scratch.
+    if pos is None:
+        xp = gpu.array_module()
+        tables = tuple(replay.constant(xp.empty(period * half, _acc(dt))) for _ in range(2))
+    else:
+        tables = tuple(replay.scratch(period * half, _acc(dt)) for _ in range(2))
     grid = max(1, min(gpu.cdiv(period * half, TABLE_BLOCK), GRID_CAP))
     _launch(_rope_table_kernel(dt, pos is not None), grid, TABLE_BLOCK,
             [inv_freq(2, 1.0) if pos is None else pos, inv_freq(d, theta), *tables, period,
@@ -671,7 +675,7 @@ def inv_freq(d: int, theta: float) -> Any:
     if table is None:
         host = theta ** (-np.arange(0, d, 2, dtype=np.float64) / d)
         table = _inv_freq[key] = gpu.array_module().asarray(host)
-    return table
+    return replay.constant(table)          # kept across calls: a replay passes it as it is
 
 
 def _rope_positions(positions: Any, lead: tuple[int, ...]) -> tuple[Any, int]:
@@ -707,7 +711,7 @@ def _rope_supports(metas: Sequence[Any], attrs: dict[str, Any]) -> bool:
 
 
 @kernel("rope", backend="cuda", supports=_rope_supports, configs=ROPE_CONFIGS,
-        heuristic=_rope_heuristic)
+        heuristic=_rope_heuristic, replays=True)
 def rope_cuda(x: Any, positions: Any, *, out: Any, config: Config, theta: float) -> None:
     """Rotate pairs (2i, 2i+1) of the last axis by ``pos * theta ** (-2i / D)``."""
     if x.size == 0:

@@ -116,16 +116,19 @@ def _batch_map(base: int, strides: Sequence[int], own: tuple[int, ...],
     return m
 
 
-def _operand(x: Any, batch: tuple[int, ...]) -> tuple[list[Any], bool]:
+def _operand(x: Any, batch: tuple[int, ...]) -> tuple[list[Any], bool, bool]:
     """(kernel arguments of a (..., rows, cols) operand: flat, batch map, row and col strides;
-    whether it can be staged by 16-byte cp.async: unit col stride, rows, batches and the
-    base address on 16-byte bounds)."""
+    whether it can be staged by 16-byte cp.async along its rows: unit col stride, rows,
+    batches and the base address on 16-byte bounds; the same along its columns (unit row
+    stride: a transposed operand))."""
     flat, base, st = _flat(x)
     offs, mult8 = _batch_map(base, st[:-2], tuple(x.shape[:-2]), batch)
     replay.constant(offs)                 # a cached table: a replay passes it as it is
     ptr = flat.__array_interface__["data"][0] if gpu.HOST_ARRAYS else flat.data.ptr
-    vec = x.size > 0 and st[-1] == 1 and st[-2] % 8 == 0 and mult8 and ptr % 16 == 0
-    return [flat, offs, st[-2], st[-1]], vec
+    aligned = x.size > 0 and mult8 and ptr % 16 == 0
+    vec = aligned and st[-1] == 1 and st[-2] % 8 == 0
+    tvec = aligned and st[-2] == 1 and st[-1] % 8 == 0 and not vec
+    return [flat, offs, st[-2], st[-1]], vec, tvec
 
 
 _dummies: dict[Any, list[Any]] = {}
@@ -296,7 +299,8 @@ def cheap_index_math(src: str) -> str:
                   else f"{m.group(1)}[np.uint32({m.group(2)})]", src)
 
 
-_MMA_OPERANDS = {"a": ("mk", 0, "m0", "M", "sam", "rs"), "b": ("kn", 1, "n0", "N", "sbn", "cs")}
+_MMA_OPERANDS = {"a": ("mk", 0, "m0", "M", "sam", "rs"), "b": ("kn", 1, "n0", "N", "sbn", "cs"),
+                 "bt": ("nk", 0, "n0", "N", "sbn", "cs")}
 """Per operand of the tensor-core kernel: its tile's dims (first, second), which of them is
 the outer (M or N) one, that one's block origin, bound and stride, and the name of the line's
 offset (``ars``: A's row start, ``bcs``: B's column start)."""
@@ -308,6 +312,7 @@ def _mma_load_coords(p: str, tile: tuple[int, int], count: int, T: int, unit: in
     ``tid + r * T``) of operand ``p``'s ``tile``, whether it lies inside the matrix, and its
     line's offset. ``fast_second``: consecutive slots run along the tile's second dim."""
     dims, outer, origin, bound, stride, offset = _MMA_OPERANDS[p]
+    p = p[0]                              # "bt": B's tile staged [n][k], B's names
     first, second = tile
     lines = []
     for r in range(count):
@@ -323,15 +328,23 @@ def _mma_load_coords(p: str, tile: tuple[int, int], count: int, T: int, unit: in
     return lines
 
 
+def mma_stage_halves(cfg: dict[str, int], b_tvec: bool = False) -> int:
+    """Halves of shared memory one pipeline stage of the tensor-core kernel stages."""
+    BM, BN, BK = cfg["bm"], cfg["bn"], cfg["bk"]
+    return BM * (BK + PAD) + (BN * (BK + PAD) if b_tvec else BK * (BN + PAD))
+
+
 def mma_source(name: str, cfg: dict[str, int], bf16: bool, a_vec: bool, b_vec: bool,
-               a_kfast: bool, b_nfast: bool, spec: tuple[Any, ...]) -> str:
-    """The tensor-core kernel (module doc) for one tile, operand load modes and epilogue."""
+               a_kfast: bool, b_nfast: bool, b_tvec: bool = False, *,
+               spec: tuple[Any, ...]) -> str:
+    """The tensor-core kernel (module doc) for one tile, operand load modes and epilogue;
+    ``b_tvec``: B is transposed (k contiguous, 16-byte rows) and staged ``[n][k]``."""
     BM, BN, BK, WM, WN, S = (cfg[k] for k in ("bm", "bn", "bk", "wm", "wn", "stages"))
     T = 32 * WM * WN
     WTM, WTN = BM // WM, BN // WN
     MT, NT = WTM // 16, WTN // 8
-    LDA, LDB = BK + PAD, BN + PAD
-    SA, SB = BM * LDA, BK * LDB
+    LDA, LDB = BK + PAD, (BK + PAD if b_tvec else BN + PAD)
+    SA, SB = BM * LDA, (BN if b_tvec else BK) * LDB
     mma = "tc.mma_bf16" if bf16 else "tc.mma_f16"
     L = [f"def {name}({PARAMS}):",
          "    sm = gpu.shared_array(0, U16)",
@@ -347,15 +360,24 @@ def mma_source(name: str, cfg: dict[str, int], bf16: bool, a_vec: bool, b_vec: b
          f"    n0 = gpu.blockIdx.x * {BN}"]
     L += [f"    alds{mt} = (wy * {WTM} + {mt * 16} + (lane & 15)) * {LDA} + (lane >> 4) * 8"
           for mt in range(MT)]
-    L += [f"    blds{p} = {S * SA} + (lane & 15) * {LDB} + wx * {WTN} + {p * 16} "
-          "+ (lane >> 4) * 8" for p in range(NT // 2)]
+    if b_tvec:
+        # [n][k] rows: lane 8i + r passes row r of matrix i = (n 8 * (i >> 1) + r, k 8 * (i & 1)),
+        # so plain ldmatrix gives b0, b1 of the pair's first n8 tile, then of its second.
+        L += [f"    blds{p} = {S * SA} + (wx * {WTN} + {p * 16} + ((lane >> 4) << 3) "
+              f"+ (lane & 7)) * {LDB} + ((lane >> 3) & 1) * 8" for p in range(NT // 2)]
+    else:
+        L += [f"    blds{p} = {S * SA} + (lane & 15) * {LDB} + wx * {WTN} + {p * 16} "
+              "+ (lane >> 4) * 8" for p in range(NT // 2)]
     # Per-thread load coordinates: 8-half chunks (cp.async) or single elements.
     ua = 8 if a_vec else 1
-    ub = 8 if b_vec else 1
+    ub = 8 if b_vec or b_tvec else 1
     NA, NB = BM * BK // ua, BK * BN // ub
     LA, LB = gpu.cdiv(NA, T), gpu.cdiv(NB, T)
     L += _mma_load_coords("a", (BM, BK), LA, T, ua, a_vec or a_kfast)
-    L += _mma_load_coords("b", (BK, BN), LB, T, ub, b_vec or b_nfast)
+    if b_tvec:
+        L += _mma_load_coords("bt", (BN, BK), LB, T, ub, True)
+    else:
+        L += _mma_load_coords("b", (BK, BN), LB, T, ub, b_vec or b_nfast)
     L += _batch_head(BK, spec)
     ind = "        "
 
@@ -375,7 +397,12 @@ def mma_source(name: str, cfg: dict[str, int], bf16: bool, a_vec: bool, b_vec: b
         for r in range(LB):
             dst = f"{S * SA} + {stage} * {SB} + bk{r} * {LDB} + bn{r}"
             gk = f"({k0} + bk{r})"
-            if b_vec:
+            if b_tvec:
+                dst = f"{S * SA} + {stage} * {SB} + bn{r} * {LDB} + bk{r}"
+                out += [f"nby = min(max((K - {gk}) * 2, 0), 16) if bok{r} else 0",
+                        f"tc.cp_async16(sm, {dst}, b, bb + bcs{r} + {gk} if nby > 0 else 0, "
+                        "nby)"]
+            elif b_vec:
                 out += [f"nby = min(max((N - n0 - bn{r}) * 2, 0), 16) if {gk} < K else 0",
                         f"tc.cp_async16(sm, {dst}, b, bb + {gk} * sbk + bcs{r} "
                         "if nby > 0 else 0, nby)"]
@@ -400,14 +427,14 @@ def mma_source(name: str, cfg: dict[str, int], bf16: bool, a_vec: bool, b_vec: b
           f"{ind}    st = t % {S}",
           f"{ind}    for ks in range({BK // 16}):",
           f"{ind}        oa = st * {SA} + ks * 16",
-          f"{ind}        obb = st * {SB} + ks * {16 * LDB}"]
+          f"{ind}        obb = st * {SB} + ks * {16 if b_tvec else 16 * LDB}"]
     pre = ind + "        "
     for mt in range(MT):
         L.append(f"{pre}fa{mt}_0, fa{mt}_1, fa{mt}_2, fa{mt}_3 = "
                  f"tc.ldmatrix_x4(sm, oa + alds{mt}, scratch)")
     for p in range(NT // 2):
         L.append(f"{pre}fb{p}_0, fb{p}_1, fb{p}_2, fb{p}_3 = "
-                 f"tc.ldmatrix_x4_trans(sm, obb + blds{p}, scratch)")
+                 f"tc.ldmatrix_x4{'' if b_tvec else '_trans'}(sm, obb + blds{p}, scratch)")
     for mt in range(MT):
         for nt in range(NT):
             acc = ", ".join(f"acc{mt}_{nt}_{q}" for q in range(4))
@@ -454,7 +481,7 @@ def _build(kind: str, cfg: dict[str, int], ct: np.dtype, dts: tuple[Any, ...],
                      *map(_tag, dts), *("v" if m else "s" for m in modes),
                      *map(_tag, spec[:3]), str(spec[3] or "id"), _tag(spec[4])])
     if kind == "mma":
-        src = mma_source(name, cfg, np.dtype(dts[0]) == dtypes.bfloat16, *modes, spec)
+        src = mma_source(name, cfg, np.dtype(dts[0]) == dtypes.bfloat16, *modes, spec=spec)
     else:
         src = simt_source(name, cfg, dts[0], dts[1], *modes, spec)
     # U16: the simulator sizes dynamic shared arrays by dtype.itemsize (a dtype instance).
@@ -493,7 +520,10 @@ def mma_tile(bm: int, bn: int, bk: int) -> Config:
     while bm % wm or (bm // wm) % 16:
         wm -= 1
     stages = 3
-    while stages > 2 and 2 * stages * (bm * (bk + PAD) + bk * (bn + PAD)) > SMEM_LIMIT:
+    tile = {"bm": bm, "bn": bn, "bk": bk}
+    # Stages that fit either way B is staged ([k][n], or [n][k] when transposed).
+    while stages > 2 and 2 * stages * max(mma_stage_halves(tile, t) for t in (False, True)) \
+            > SMEM_LIMIT:
         stages -= 1
     return Config(kind="mma", bm=bm, bn=bn, bk=bk, wm=wm, wn=wn, stages=stages)
 
@@ -561,8 +591,8 @@ def run(a: Any, b: Any, out: Any, config: Config, *, c: Any = None, bias: Any = 
     ct = np.dtype(np.float32 if mma else dtypes.compute_dtype(out.dtype))
     if mma:
         a2, b2 = a2.view(np.uint16), b2.view(np.uint16)
-    a_args, a_vec = _operand(gpu.kernel_view(a2), batch)
-    b_args, b_vec = _operand(gpu.kernel_view(b2), batch)
+    a_args, a_vec, _ = _operand(gpu.kernel_view(a2), batch)
+    b_args, b_vec, b_tvec = _operand(gpu.kernel_view(b2), batch)
     args = a_args + b_args
     dts = [a.dtype, b.dtype]
     spec: list[Any] = []
@@ -578,9 +608,10 @@ def run(a: Any, b: Any, out: Any, config: Config, *, c: Any = None, bias: Any = 
     args += [gpu.kernel_view(out).reshape(-1), M, N, K, nbatch, float(alpha), float(beta)]
     a_kfast = abs(args[3]) <= abs(args[2])
     b_nfast = abs(args[7]) <= abs(args[6])
-    modes = (a_vec, b_vec, a_kfast, b_nfast) if mma else (a_kfast, b_nfast)
-    shared = 2 * knobs["stages"] * (knobs["bm"] * (knobs["bk"] + PAD) + knobs["bk"]
-                                    * (knobs["bn"] + PAD)) if mma else 0
+    # b_tvec: B transposed (k contiguous) is staged [n][k] by cp.async, as A is [m][k].
+    modes = ((a_vec, b_vec, a_kfast, b_nfast) + ((True,) if b_tvec else ())) if mma else \
+        (a_kfast, b_nfast)
+    shared = 2 * knobs["stages"] * mma_stage_halves(knobs, b_tvec) if mma else 0
     kern = _build(kind, knobs, ct, tuple(dts), modes, tuple(spec))
     grid = (gpu.cdiv(N, knobs["bn"]), gpu.cdiv(M, knobs["bm"]), min(nbatch, 65535))
     gpu.launch(kern, grid, threads_per_block(kind, knobs), args, shared=shared)

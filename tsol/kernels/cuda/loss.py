@@ -10,8 +10,9 @@ tree; thread 0 of the group gathers ``x[target]`` and writes the row's loss
 Rows of up to ``kmax * 1024`` elements (``16 * 1024`` in float64: the logits may take half of
 the 64 registers a thread of a 1024-thread block has) are read once into registers; longer rows
 are read twice, streaming (the second read mostly hits L2). Every kernel is compiled with its
-block's register cap, so it launches. Each row also records whether its target was ignored,
-counted or out of range.
+block's register cap, so it launches. A row whose class index is out of range (and not
+``ignore_index``) gets a NaN loss; for a mean or sum, and when value checks are on, each row
+also records whether its target was ignored, counted or out of range.
 
 mse / kl_divergence: one grid-stride pass over the broadcast elements (operands that are a
 single element are read as scalars, other broadcasts are first copied), four loads in flight a
@@ -20,16 +21,22 @@ then per block through a tree: one partial a block, a fixed grid of at most ``GR
 
 The mean/sum of per-row losses or block partials is one more kernel: a single block folds them
 in float64 in a fixed order (thread ``i`` takes ``i, i + B, ...``, then a tree), counts the
-non-ignored targets for the mean, and finds the first out-of-range target. Every order is fixed
-by the shapes and the config alone, so results are bitwise repeatable; no float atomics.
+non-ignored targets for the mean (an out-of-range row adds its NaN), and with value checks
+finds the first out-of-range target. Every order is fixed by the shapes and the config alone,
+so results are bitwise repeatable; no float atomics.
 
-Out-of-range class targets raise ``ArgumentError`` as on the CPU. Knowing that takes one
-device-to-host copy of one integer after the kernels (a host sync) per call with class-index
-targets; probability targets, mse and kl_divergence never sync.
+On CUDA an out-of-range target gives NaN instead of raising, unless value checks are on
+(``tsol.config`` ``check_values``, ``TSOL_CHECK_VALUES=1``): then it raises ``ArgumentError``
+as on the CPU, which takes one device-to-host copy of one integer after the kernels (a host
+sync) per call with class-index targets. By default no loss syncs.
 
 The launches of a call are recorded per layout (shapes, strides, dtypes, attributes, config)
 and replayed by later calls with their own pointers (``replay``); calls that copy an operand
-on the way keep planning.
+on the way keep planning. All three kernels are also marked ``replays``: planned eager calls
+and compiled schedules replay their launches without running their host code, except
+cross_entropy's with value checks, whose calls opt out (``replay.unreplayable``) so that each
+reads the flag back. The host code of mse and kl_divergence decides on layouts alone; the mean
+or sum of no elements, filled on the host, opts out too.
 """
 
 from __future__ import annotations
@@ -39,11 +46,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from tsol import config as settings
 from tsol import dtypes
-from tsol.errors import ArgumentError, op_error
 from tsol.kernels.cuda import gpu, replay, row_index
 from tsol.kernels.cuda import reduction as red
-from tsol.ops.loss import class_axis
+from tsol.ops.loss import class_axis, target_out_of_range
 from tsol.registry import Config, kernel
 
 KMAX = 32
@@ -56,6 +63,11 @@ _FUNCS = red.ONLINE_MERGES + '''
 @gpu.device
 def merge_sum3(c0, c1, c2, o0, o1, o2):
     return c0 + o0, c1 + o1, c2 + o2
+
+
+@gpu.device
+def merge_sum2(c0, c1, o0, o1):
+    return c0 + o0, c1 + o1
 
 
 @gpu.device
@@ -110,20 +122,23 @@ def _passes(first: Sequence[str], second: Sequence[str], loads: Sequence[str], b
 
 
 def _ce_kernel(dt: np.dtype, tdt: np.dtype | None, acc: np.dtype, sink: str, ignore: bool,
-               regs: bool, T: int, B: int, K: int) -> gpu.Kernel:
+               regs: bool, T: int, B: int, K: int, stat: bool = True) -> gpu.Kernel:
     """Per-row cross-entropy of (rows, n) logits ``x``; ``tdt``: the class-index dtype, None
     for probability targets ``p``; ``sink``: 'none' (losses into ``out``) or 'per' (float64
-    into ``per``); ``ignore``: targets equal to ``ignore`` are skipped."""
+    into ``per``); ``ignore``: targets equal to ``ignore`` are skipped (loss 0); a target out
+    of range gives a NaN loss; ``stat``: class-index rows also write whether their target was
+    ignored (0), counted (1) or out of range (2) into ``stat``."""
     U = red.unroll(dt.itemsize)
-    key = ("ce", dt.str, None if tdt is None else tdt.str, acc.str, sink, ignore, regs, T, B,
+    probs = tdt is None
+    stat = stat and not probs
+    key = ("ce", dt.str, None if probs else tdt.str, acc.str, sink, ignore, stat, regs, T, B,
            K if regs else U)
     if key in _kernels:
         return _kernels[key]
     bf16 = dt == dtypes.bfloat16
-    probs = tdt is None
     name = (f"cross_entropy_{'regs' if regs else 'stream'}_{_tag(dt)}_"
-            f"{'probs' if probs else _tag(tdt)}_{sink}{'_ign' if ignore else ''}_t{T}_b{B}"
-            f"_{'k' if regs else 'u'}{K if regs else U}")
+            f"{'probs' if probs else _tag(tdt)}_{sink}{'_ign' if ignore else ''}"
+            f"{'_stat' if stat else ''}_t{T}_b{B}_{'k' if regs else 'u'}{K if regs else U}")
     f32 = [np.dtype(acc)]
     alloc_a, tree_a = red.rows_reduce(["mx"], f32, "merge_max", T, B, "a")
     sums = ["s", "sp", "spd"] if probs else ["s"]
@@ -153,16 +168,18 @@ def _ce_kernel(dt: np.dtype, tdt: np.dtype | None, acc: np.dtype, sink: str, ign
         # A row of no classes (or of zero probabilities) adds nothing, even where ls is -inf.
         tail += ["loss = np.float64(spd) + (ls * np.float64(sp) if sp != A(0) else 0.0)"]
     else:
-        tail += ["st = 1"]
-        tail += ["if ti == ign:", "    loss = 0.0", "    st = 0", "elif ti < 0 or ti >= n:"] \
+        def branch(loss: str, st: int) -> list[str]:
+            return [f"    loss = {loss}"] + ([f"    st = {st}"] if stat else [])
+        tail += ["if ti == ign:", *branch("0.0", 0), "elif ti < 0 or ti >= n:"] \
             if ignore else ["if ti < 0 or ti >= n:"]
-        tail += ["    loss = np.float64(np.nan)", "    st = 2", "else:",
-                 "    loss = (np.float64(shift) + ls) - np.float64(xt)", "stat[row] = np.int8(st)"]
+        tail += [*branch("np.float64(np.nan)", 2), "else:",
+                 *branch("(np.float64(shift) + ls) - np.float64(xt)", 1)]
+        tail += ["stat[row] = np.int8(st)"] if stat else []
     tail.append(f"out[row] = {red.store_expr('loss', dt)}" if sink == "none" else
                 "per[row] = loss")
     body += ["if t == 0 and row < rows:", *("    " + s for s in tail)]
     params = ("x, p, " if probs else "x, tg, ") + ("out, " if sink == "none" else "per, ")
-    params += ("" if probs else "stat, ") + "rows, n" + (", ign" if ignore else "")
+    params += ("stat, " if stat else "") + "rows, n" + (", ign" if ignore else "")
     k = _kernels[key] = _build(name, params, body, acc)
     # B threads of more registers each than the register file holds would not launch at all
     # (float32 rows of 32000 classes keep 32 logits a thread: 79 registers, 1024 threads have
@@ -171,36 +188,41 @@ def _ce_kernel(dt: np.dtype, tdt: np.dtype | None, acc: np.dtype, sink: str, ign
     return k
 
 
-def _finish_kernel(out_dt: np.dtype | None, stat: bool, mode: str, B: int) -> gpu.Kernel:
+def _finish_kernel(out_dt: np.dtype | None, stat: bool, mode: str, B: int,
+                   check: bool = False) -> gpu.Kernel:
     """One block folding ``L`` float64 ``per`` values in a fixed order into ``out[0]``: their
-    sum ('sum'), or the sum over ``count`` ('mean'; with ``stat`` the rows whose stat is 1,
-    counted). With ``stat`` the first index whose stat is 2 (``L`` if none) goes to
-    ``info[0]``; mode 'check' does only that."""
-    key = ("fin", None if out_dt is None else out_dt.str, stat, mode, B)
+    sum ('sum'), or the sum over ``count`` ('mean'). With ``stat`` (class-index rows) the
+    ignored rows (stat 0) are left out, an out-of-range row (stat 2) adds its NaN, and the mean
+    divides by the rows whose stat is 1. With ``check`` the first index whose stat is 2 (``L``
+    if none) goes to ``info[0]``; mode 'check' does only that."""
+    key = ("fin", None if out_dt is None else out_dt.str, stat, mode, B, check)
     if key in _kernels:
         return _kernels[key]
-    name = f"loss_finish_{mode}_{'stat' if stat else 'all'}_{_tag(out_dt or np.int8)}_b{B}"
+    name = (f"loss_finish_{mode}_{'stat' if stat else 'all'}{'_check' if check else ''}_"
+            f"{_tag(out_dt or np.int8)}_b{B}")
     f64, i64 = np.dtype(np.float64), np.dtype(np.int64)
-    vs, dts, merge = (["s", "c", "bad"], [f64, i64, i64], "merge_fin") if stat else \
-        (["s"], [f64], "merge_sum")
+    vs, dts, merge = (["s", "c", "bad"], [f64, i64, i64], "merge_fin") if check else \
+        (["s", "c"], [f64, i64], "merge_sum2") if stat else (["s"], [f64], "merge_sum")
     alloc, tree = red.rows_reduce(vs, dts, merge, B, B, "f")
-    body = [*_head(B, B), *alloc, "s = A(0)", "c = I64(0)", "bad = I64(L)", "j = tid",
-            "while j < L:"]
+    body = [*_head(B, B), *alloc, "s = A(0)", "c = I64(0)", *(["bad = I64(L)"] if check else []),
+            "j = tid", "while j < L:"]
     if stat:
         body += ["    st = stat[j]", "    if st == 1:", "        c += 1"]
-        body += ["        s += per[j]"] if mode != "check" else []
-        body += ["    if st == 2 and bad == L:", "        bad = j"]
+        body += ["    if st != 0:", "        s += per[j]"] if mode != "check" else []
+        body += ["    if st == 2 and bad == L:", "        bad = j"] if check else []
     else:
         body += ["    s += per[j]"]
     body += [f"    j += {B}", *tree, "if tid == 0:"]
+    if check:
+        body += ["    info[0] = bad"]
     if stat:
-        body += ["    info[0] = bad", "    count = A(c)"]
+        body += ["    count = A(c)"]
     if mode != "check":
         value = "s" if mode == "sum" else "(s / count if count != A(0) else A(np.nan))"
         body += [f"    out[0] = {red.store_expr(value, out_dt)}"]
-    params = ", ".join((["per"] if mode != "check" or not stat else []) +
-                       (["stat"] if stat else []) + ["L"] + ([] if stat else ["count"]) +
-                       (["out"] if mode != "check" else []) + (["info"] if stat else []))
+    params = ", ".join((["per"] if mode != "check" else []) + (["stat"] if stat else []) +
+                       ["L"] + ([] if stat else ["count"]) +
+                       (["out"] if mode != "check" else []) + (["info"] if check else []))
     k = _kernels[key] = _build(name, params, body, np.dtype(np.float64))
     k.max_registers = gpu.register_cap(B)
     return k
@@ -274,35 +296,32 @@ def _rows(a: Any) -> Any:
     return xp.ascontiguousarray(xp.moveaxis(a, 1, -1)).reshape(rows, a.shape[1])
 
 
-def _bad_target(targets: Any, flat: Any, row: int, c: int, ignore: int | None) -> Exception:
-    value = int(flat[row])
-    return op_error(ArgumentError, "cross_entropy", f"target {value} is out of range: class "
-                    f"indices must lie in [0, {c})" + (f" or equal ignore_index={ignore}"
-                                                       if ignore is not None else ""),
-                    "fix the labels, or pass ignore_index= for padding labels", [targets])
-
-
 def _ce(logits: Any, targets: Any, out: Any, reduction: str, ignore: int | None,
         config: Config) -> None:
     probs = targets.dtype in dtypes.FLOATS
     if ignore is not None and not -2 ** 63 <= ignore < 2 ** 63:
         ignore = None                   # no int64 class index can equal it
-    # With class indices the kernels write the first out-of-range row to ``info``, an operand
-    # of the call (not scratch), so that it is read after a replayed call too.
-    info = None if probs else gpu.array_module().empty(1, np.int64)
+    check = not probs and settings.get().check_values
+    info = None
+    if check:
+        # The kernels write the first out-of-range row to ``info``, an operand of the inner
+        # replay (not scratch), so that it is read after a replayed launch sequence too; a
+        # replay of the whole call would skip the read.
+        replay.unreplayable()
+        info = gpu.array_module().empty(1, np.int64)
     key = ("ce", logits.shape, logits.strides, logits.dtype, targets.shape, targets.strides,
-           targets.dtype, out.shape, out.strides, out.dtype, reduction, ignore, config)
-    arrays = (logits, targets, out) if probs else (logits, targets, out, info)
+           targets.dtype, out.shape, out.strides, out.dtype, reduction, ignore, check, config)
+    arrays = (logits, targets, out) if info is None else (logits, targets, out, info)
     _replays.run(key, arrays, lambda: _ce_planned(logits, targets, out, info, reduction, ignore,
                                                   config))
     rows = math.prod(targets.shape)
-    if probs or rows == 0 or gpu.COMPILE_ONLY:
+    if info is None or rows == 0 or gpu.COMPILE_ONLY:
         return
-    # The one host sync: whether some target was out of range.
+    # The host sync of value checks: whether some target was out of range.
     bad = int(info[0]) if gpu.HOST_ARRAYS else int(info.get()[0])
     if bad < rows:
-        raise _bad_target(targets, targets.reshape(-1), bad,
-                          logits.shape[class_axis(logits.ndim)], ignore)
+        raise target_out_of_range(targets, bad, logits.shape[class_axis(logits.ndim)], ignore,
+                                  [targets])
 
 
 def _ce_tile(c: int, config: Config, acc: np.dtype) -> tuple[int, int, int, bool]:
@@ -320,9 +339,9 @@ def _ce_tile(c: int, config: Config, acc: np.dtype) -> tuple[int, int, int, bool
 
 def _ce_planned(logits: Any, targets: Any, out: Any, info: Any, reduction: str,
                 ignore: int | None, config: Config) -> None:
-    """Plan and launch one call: per-row losses, then (unless reduction="none" with
-    probabilities or no rows) the fold or the range check into ``info``."""
-    probs = info is None
+    """Plan and launch one call: per-row losses, then (unless reduction="none") the fold,
+    and with ``info`` (value checks, class indices) the range check into ``info``."""
+    probs = targets.dtype in dtypes.FLOATS
     c = logits.shape[class_axis(logits.ndim)]
     x = _rows(logits)
     rows = x.shape[0]
@@ -333,20 +352,23 @@ def _ce_planned(logits: Any, targets: Any, out: Any, info: Any, reduction: str,
         gpu.array_module().ascontiguousarray(targets).reshape(-1)
     T, B, K, regs = _ce_tile(c, config, acc)
     sink = "none" if reduction == "none" else "per"
+    # Class-index rows note their status for the fold's count and for the check.
+    stat = None if probs or (sink == "none" and info is None) else \
+        replay.scratch(rows, np.int8)
     kern = _ce_kernel(dt, None if probs else np.dtype(tg.dtype), acc, sink,
-                      ignore is not None and not probs, regs, T, B, K)
+                      ignore is not None and not probs, regs, T, B, K, stat is not None)
     per = None if sink == "none" else replay.scratch(rows, np.float64)
-    stat = None if probs else replay.scratch(rows, np.int8)
     args = [xs, tg, red.out_storage(out).reshape(-1) if per is None else per]
     if stat is not None:
         args.append(stat)
     args += [rows, c] + ([ignore] if ignore is not None and not probs else [])
     gpu.launch(kern, -(-rows // (B // T)), B, args)
-    if sink == "none" and (probs or rows == 0):
+    if sink == "none" and (info is None or rows == 0):
         return
     FB = _fin_block()
     mode = "check" if sink == "none" else reduction
-    fin = _finish_kernel(None if mode == "check" else np.dtype(out.dtype), not probs, mode, FB)
+    fin = _finish_kernel(None if mode == "check" else np.dtype(out.dtype), not probs, mode, FB,
+                         info is not None)
     args = [per] if mode != "check" else []
     if stat is not None:
         args.append(stat)
@@ -367,6 +389,9 @@ def _pointwise(name: str, a: Any, b: Any, out: Any, reduction: str, config: Conf
     n = math.prod(shape)
     if n == 0:
         if reduction != "none":
+            # Filled on the host, not by a launch: a replay would skip it (and leave the
+            # result unwritten), so a recorded call with no elements is never replayed.
+            replay.unreplayable()
             count = (shape[0] if shape else 1) if reduction == "batchmean" else n
             red.fill(out, 0.0 if reduction == "sum" or count else np.nan)
         return
@@ -433,22 +458,23 @@ def _pair_supports(metas: Sequence[Any], attrs: dict[str, Any]) -> bool:
 
 
 @kernel("cross_entropy", backend="cuda", supports=_ce_supports, configs=CONFIGS,
-        heuristic=_heuristic)
+        heuristic=_heuristic, replays=True)
 def cross_entropy_cuda(logits: Any, targets: Any, *, out: Any, config: Config, reduction: str,
                        ignore_index: int | None) -> None:
-    """Per-row losses in one pass, then a fixed-order float64 mean/sum; raises ArgumentError
-    for a class index outside [0, C) (one host sync with class-index targets)."""
+    """Per-row losses in one pass, then a fixed-order float64 mean/sum. A class index outside
+    [0, C) gives NaN; with ``check_values`` it raises ArgumentError (one host sync)."""
     _ce(logits, targets, out, reduction, ignore_index, config)
 
 
-@kernel("mse", backend="cuda", supports=_pair_supports, configs=CONFIGS, heuristic=_heuristic)
+@kernel("mse", backend="cuda", supports=_pair_supports, configs=CONFIGS, heuristic=_heuristic,
+        replays=True)
 def mse_cuda(pred: Any, target: Any, *, out: Any, config: Config, reduction: str) -> None:
     """Squared differences in one pass; sums in float64 per block, then in one block."""
     _pointwise("mse", pred, target, out, reduction, config)
 
 
 @kernel("kl_divergence", backend="cuda", supports=_pair_supports, configs=CONFIGS,
-        heuristic=_heuristic)
+        heuristic=_heuristic, replays=True)
 def kl_divergence_cuda(input: Any, target: Any, *, out: Any, config: Config, reduction: str,
                        log_target: bool) -> None:
     """PyTorch's pointwise KL in one pass; sums in float64 per block, then in one block."""
